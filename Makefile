@@ -1,0 +1,28 @@
+# `make up` runs the local cluster from cluster.toml; `make test` runs the whole suite.
+# Both create the virtual environment (.venv) first if it is missing.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+
+.PHONY: up test bench down clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev,bench]'
+	touch $@
+
+up: $(VENV)/.installed
+	$(PY) node.py up
+
+test: $(VENV)/.installed
+	$(PY) -m pytest
+
+bench: $(VENV)/.installed
+	$(PY) -m bench.kv
+
+down: $(VENV)/.installed
+	$(PY) node.py down
+
+clean:
+	rm -rf $(VENV) data

@@ -1,0 +1,79 @@
+"""Operator queries over every node of a cluster: status, and waiting for leaders.
+
+Unlike the client library these talk to each node individually, because an
+operator wants to see the node that is down, not be routed around it. Every
+network wait is bounded by ``timeouts.connect_s`` + ``timeouts.request_s``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import trio
+
+from commit.config import ClusterConfig
+from consensus.errors import ClusterError
+from consensus.rpc import open_rpc_client
+
+STATUS_COLUMNS = ("node", "group", "role", "leader", "term", "commit_index", "applied_index", "reachable")
+
+
+async def node_call(config: ClusterConfig, node_id: str, method: str, params: dict[str, Any]) -> Any:
+    """One RPC to one node; raises ClusterError or trio.TooSlowError."""
+    node = config.node(node_id)
+    with trio.fail_after(config.timeouts.connect_s + config.timeouts.request_s):
+        async with open_rpc_client(
+            node.host, node.rpc_port, settings=config.rpc_settings(), expect_node=node_id
+        ) as conn:
+            return await conn.call(method, params)
+
+
+async def _node_rows(config: ClusterConfig, node_id: str) -> list[dict[str, Any]]:
+    try:
+        reply = await node_call(config, node_id, "node.status", {})
+    except (ClusterError, trio.TooSlowError) as exc:
+        error = str(exc) or type(exc).__name__
+        return [
+            {"node": node_id, "group": g.name, "reachable": False, "error": error}
+            for g in config.groups()
+            if node_id in g.members
+        ]
+    return [dict(row, reachable=True) for row in reply["groups"]]
+
+
+async def cluster_status(config: ClusterConfig) -> list[dict[str, Any]]:
+    """One row per group replica, every node queried concurrently."""
+    results: dict[str, list[dict[str, Any]]] = {}
+
+    async def collect(node_id: str) -> None:
+        results[node_id] = await _node_rows(config, node_id)
+
+    async with trio.open_nursery() as nursery:
+        for node in config.nodes:
+            nursery.start_soon(collect, node.id)
+    return [row for node in config.nodes for row in results[node.id]]
+
+
+def leaderless_groups(rows: list[dict[str, Any]], config: ClusterConfig) -> list[str]:
+    """Groups for which no reachable replica reports itself as leader."""
+    led = {row["group"] for row in rows if row.get("reachable") and row.get("role") == "leader"}
+    return [g.name for g in config.groups() if g.name not in led]
+
+
+async def wait_for_leaders(
+    config: ClusterConfig, progress: Callable[[str], None] = lambda _: None
+) -> list[dict[str, Any]]:
+    """Poll until every group has a leader; raises trio.TooSlowError after ``timeouts.startup_s``."""
+    with trio.fail_after(config.timeouts.startup_s):
+        last = ""
+        while True:
+            rows = await cluster_status(config)
+            missing = leaderless_groups(rows, config)
+            if not missing:
+                return rows
+            line = f"waiting for a leader in: {', '.join(missing)}"
+            if line != last:
+                progress(line)
+                last = line
+            await trio.sleep(0.2)

@@ -1,0 +1,209 @@
+"""The async client library: ``async with commit.connect("cluster.toml") as db``.
+
+Keys are ``str`` or ``bytes`` (a str key is its UTF-8 bytes). Values are any
+msgpack-able Python value: None, bool, int, float, str, bytes, and lists and
+dicts of those; tuples come back as lists.
+
+Each call is routed to the leader of the key's shard. The client keeps one
+pipelined connection per node, remembers which node leads each group,
+follows ``not_leader`` redirects, and rides through leader changes by
+retrying with backoff until ``timeouts.client_deadline_s``. A write carries
+``(client_id, seq)``, the same on every retry, so a retry after a timeout or a
+lost connection is applied at most once. When the deadline passes, the error
+raised says whether the write may have been applied (``maybe_applied``).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import msgpack
+import trio
+
+from commit.config import COORDINATOR_GROUP, ClusterConfig, load_config, shard_group
+from commit.routing import Key, key_bytes, shard_of
+from consensus.errors import ClusterError, InvalidRequest, NotLeader, Timeout, Unavailable
+from consensus.rpc import RpcClient, run_rpc_client
+from consensus.tasks import open_helper_nursery
+
+
+class Versioned(NamedTuple):
+    """A read: the value (None if absent), its version, and whether the key exists."""
+
+    value: Any
+    version: int
+    exists: bool
+
+
+@dataclass
+class ClientStatistics:
+    requests: int = 0
+    attempts: int = 0
+    redirects: int = 0
+    retries: int = 0
+
+
+def pack_value(value: Any) -> bytes:
+    try:
+        return msgpack.packb(value, use_bin_type=True)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise InvalidRequest(f"value is not msgpack-serialisable: {exc}") from None
+
+
+def unpack_value(packed: bytes | None) -> Any:
+    return None if packed is None else msgpack.unpackb(packed, raw=False, strict_map_key=False)
+
+
+class Database:
+    """A connection to a cluster. Create it with ``connect``; safe to share between tasks."""
+
+    def __init__(self, config: ClusterConfig, nursery: trio.Nursery) -> None:
+        self.config = config
+        self._nursery = nursery
+        self._connections: dict[str, RpcClient] = {}
+        self._connect_locks: dict[str, trio.Lock] = {}
+        self._leaders: dict[str, str] = {}
+        self._members = {g.name: g.members for g in config.groups()}
+        self.client_id = os.urandom(16)
+        # Each group keeps its own session table, so sequence numbers are per group.
+        self._next_seq = {g.name: 1 for g in config.groups()}
+        self._outstanding: dict[str, set[int]] = {g.name: set() for g in config.groups()}
+        self._stats = ClientStatistics()
+
+    def statistics(self) -> ClientStatistics:
+        return ClientStatistics(**vars(self._stats))
+
+    def _group_of(self, key: Key) -> tuple[str, bytes]:
+        raw = key_bytes(key, self.config.limits.max_key_bytes)
+        return shard_group(shard_of(raw, self.config.shard_count)), raw
+
+    async def get(self, key: Key) -> Versioned:
+        """Linearizable read: sees every write acknowledged before it began."""
+        group, raw = self._group_of(key)
+        reply = await self._request(group, "kv.get", {"key": raw}, write=False)
+        return Versioned(unpack_value(reply["value"]), reply["version"], reply["exists"])
+
+    async def put(self, key: Key, value: Any) -> int:
+        """Store ``value`` under ``key``; returns the new version."""
+        group, raw = self._group_of(key)
+        packed = pack_value(value)
+        if len(packed) > self.config.limits.max_value_bytes:
+            raise InvalidRequest(
+                f"value of {len(packed)} bytes exceeds the limit of {self.config.limits.max_value_bytes} bytes"
+            )
+        reply = await self._request(group, "kv.put", {"key": raw, "value": packed}, write=True)
+        return reply["version"]
+
+    async def delete(self, key: Key) -> int:
+        """Delete ``key`` (absent keys too); returns the version of the deletion."""
+        group, raw = self._group_of(key)
+        reply = await self._request(group, "kv.delete", {"key": raw}, write=True)
+        return reply["version"]
+
+    async def new_epoch(self) -> int:
+        """A fresh number from the coordinator group, larger than any handed out before."""
+        reply = await self._request(COORDINATOR_GROUP, "coord.epoch", {}, write=True)
+        return reply["epoch"]
+
+    async def _connection(self, node_id: str) -> RpcClient:
+        conn = self._connections.get(node_id)
+        if conn is not None and not conn.closed:
+            return conn
+        lock = self._connect_locks.setdefault(node_id, trio.Lock())
+        async with lock:
+            conn = self._connections.get(node_id)
+            if conn is not None and not conn.closed:
+                return conn
+            node = self.config.node(node_id)
+            with trio.fail_after(self.config.timeouts.connect_s):
+                conn = await self._nursery.start(
+                    partial(
+                        run_rpc_client, node.host, node.rpc_port,
+                        settings=self.config.rpc_settings(), expect_node=node_id,
+                    )
+                )
+            self._connections[node_id] = conn
+            return conn
+
+    def _next_member(self, group: str, after: str | None) -> str:
+        members = self._members[group]
+        if after not in members:
+            return members[0]
+        return members[(members.index(after) + 1) % len(members)]
+
+    async def _backoff(self, attempt: int) -> None:
+        t = self.config.timeouts
+        await trio.sleep(random.uniform(0, min(t.backoff_max_s, t.backoff_initial_s * 2**attempt)))
+
+    async def _request(
+        self, group: str, method: str, params: dict[str, Any], *, write: bool
+    ) -> dict[str, Any]:
+        self._stats.requests += 1
+        seq = 0
+        if write:
+            seq = self._next_seq[group]
+            self._next_seq[group] += 1
+            self._outstanding[group].add(seq)
+        try:
+            return await self._attempts(group, method, params, seq)
+        finally:
+            self._outstanding[group].discard(seq)
+
+    async def _attempts(self, group: str, method: str, params: dict[str, Any], seq: int) -> dict[str, Any]:
+        timeouts = self.config.timeouts
+        deadline = trio.current_time() + timeouts.client_deadline_s
+        node = self._leaders.get(group) or self._members[group][0]
+        maybe_applied = False
+        last_error: ClusterError | None = None
+        failures = 0
+        while True:
+            remaining = deadline - trio.current_time()
+            if remaining <= 0:
+                message = f"{method} on {group} gave up after {timeouts.client_deadline_s}s: {last_error}"
+                if maybe_applied:
+                    raise Timeout(message, maybe_applied=True)
+                raise Unavailable(message)
+            self._stats.attempts += 1
+            if seq:
+                params["session"] = [self.client_id, seq, min(self._outstanding[group])]
+            try:
+                with trio.fail_after(min(timeouts.client_attempt_s, remaining)):
+                    conn = await self._connection(node)
+                    reply = await conn.call(method, params)
+                self._leaders[group] = node
+                return reply
+            except NotLeader as exc:
+                self._stats.redirects += 1
+                last_error = exc
+                if exc.leader is not None and exc.leader != node:
+                    node = exc.leader
+                    continue
+                node = self._next_member(group, node)
+            except (Unavailable, Timeout) as exc:
+                last_error = exc
+                maybe_applied |= exc.maybe_applied
+                self._leaders.pop(group, None)
+                node = self._next_member(group, node)
+            except trio.TooSlowError:
+                last_error = Timeout(f"no answer from {node} within the attempt timeout")
+                maybe_applied = True
+                self._leaders.pop(group, None)
+                node = self._next_member(group, node)
+            self._stats.retries += 1
+            await self._backoff(failures)
+            failures += 1
+
+
+@asynccontextmanager
+async def connect(config: str | Path | ClusterConfig = "cluster.toml") -> AsyncIterator[Database]:
+    """Open a client for the cluster described by ``config`` (a path or a parsed config)."""
+    cfg = config if isinstance(config, ClusterConfig) else load_config(config)
+    async with open_helper_nursery() as nursery:
+        yield Database(cfg, nursery)

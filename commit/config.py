@@ -1,0 +1,295 @@
+"""``cluster.toml``: parsed with tomllib into typed, validated, frozen dataclasses.
+
+Every error names the file, the key and what is wrong with it, and unknown
+keys are errors too (a typo must not silently fall back to a default).
+Relative paths are resolved against the directory of the config file.
+
+Group layout: the coordinator group has index 0 and shard ``i`` has index
+``i + 1``. A node hosting a group replicates it on port ``raft_port + index``,
+so each node needs one RPC port and a block of consecutive Raft ports.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from consensus.settings import Durability, GroupSpec, RaftSettings
+from consensus.rpc import RpcSettings
+
+COORDINATOR_GROUP = "coord"
+
+
+def shard_group(index: int) -> str:
+    return f"shard-{index}"
+
+
+class ConfigError(ValueError):
+    """A bad ``cluster.toml``; the message names the key."""
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    id: str
+    host: str
+    rpc_port: int
+    raft_port: int
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_frame_bytes: int = 4 * 1024 * 1024
+    max_key_bytes: int = 1024
+    max_value_bytes: int = 1024 * 1024
+    max_in_flight_per_connection: int = 1024
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    request_s: float = 5.0
+    client_attempt_s: float = 6.0
+    client_deadline_s: float = 20.0
+    connect_s: float = 2.0
+    handshake_s: float = 5.0
+    backoff_initial_s: float = 0.02
+    backoff_max_s: float = 0.5
+    startup_s: float = 30.0
+
+
+@dataclass(frozen=True)
+class GroupLayout:
+    name: str
+    index: int
+    members: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    path: Path
+    name: str
+    data_dir: Path
+    durability: Durability
+    secret: str | None
+    nodes: tuple[NodeConfig, ...]
+    coordinator_members: tuple[str, ...]
+    shard_count: int
+    shard_members: tuple[str, ...]
+    limits: Limits = field(default_factory=Limits)
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    raft: RaftSettings = field(default_factory=RaftSettings)
+
+    def node(self, node_id: str) -> NodeConfig:
+        for node in self.nodes:
+            if node.id == node_id:
+                return node
+        known = ", ".join(n.id for n in self.nodes)
+        raise ConfigError(f"{self.path}: no node {node_id!r} in [[nodes]] (known: {known})")
+
+    def groups(self) -> tuple[GroupLayout, ...]:
+        return (GroupLayout(COORDINATOR_GROUP, 0, self.coordinator_members),) + tuple(
+            GroupLayout(shard_group(i), i + 1, self.shard_members) for i in range(self.shard_count)
+        )
+
+    def node_dir(self, node_id: str) -> Path:
+        return self.data_dir / node_id
+
+    def group_specs(self, node_id: str) -> list[GroupSpec]:
+        """The replicas ``node_id`` hosts, ready for ``consensus.group``."""
+        specs = []
+        for layout in self.groups():
+            if node_id not in layout.members:
+                continue
+            members = {
+                m: f"{self.node(m).host}:{self.node(m).raft_port + layout.index}"
+                for m in layout.members
+            }
+            base = self.node_dir(node_id) / layout.name
+            specs.append(
+                GroupSpec(
+                    name=layout.name,
+                    self_id=node_id,
+                    members=members,
+                    journal_path=base.with_suffix(".journal"),
+                    dump_path=base.with_suffix(".dump"),
+                    raft=self.raft,
+                    durability=self.durability,
+                    password=self.secret,
+                )
+            )
+        return specs
+
+    def rpc_settings(self) -> RpcSettings:
+        return RpcSettings(
+            max_frame_bytes=self.limits.max_frame_bytes,
+            handshake_timeout_s=self.timeouts.handshake_s,
+            max_in_flight_per_connection=self.limits.max_in_flight_per_connection,
+            secret=self.secret,
+        )
+
+
+class _Table:
+    """A TOML table being consumed key by key, so leftovers can be reported."""
+
+    def __init__(self, path: Path, where: str, data: Any) -> None:
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: {where} must be a table")
+        self.path = path
+        self.where = where
+        self.data = dict(data)
+
+    def _key(self, key: str) -> str:
+        return f"{self.where}.{key}" if self.where else key
+
+    def fail(self, key: str, problem: str) -> ConfigError:
+        return ConfigError(f"{self.path}: {self._key(key)}: {problem}")
+
+    def take(self, key: str, kind: type | tuple[type, ...], default: Any = ...) -> Any:
+        if key not in self.data:
+            if default is ...:
+                raise self.fail(key, "is required")
+            return default
+        value = self.data.pop(key)
+        if isinstance(value, bool) and kind in (int, float, (int, float)):
+            raise self.fail(key, f"expected a number, got {value!r}")
+        if not isinstance(value, kind):
+            names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+            raise self.fail(key, f"expected {names}, got {type(value).__name__} {value!r}")
+        return value
+
+    def positive(self, key: str, default: Any) -> Any:
+        kind = float if isinstance(default, float) else int
+        value = self.take(key, (int, float) if kind is float else int, default)
+        if value <= 0:
+            raise self.fail(key, f"must be positive, got {value!r}")
+        return kind(value)
+
+    def table(self, key: str) -> _Table:
+        return _Table(self.path, self._key(key), self.data.pop(key, {}))
+
+    def done(self) -> None:
+        if self.data:
+            unknown = ", ".join(sorted(self._key(k) for k in self.data))
+            raise ConfigError(f"{self.path}: unknown key(s): {unknown}")
+
+
+def _dataclass_from(table: _Table, cls: type) -> Any:
+    """Fill a dataclass of numeric/bool fields from a table, defaults from the class."""
+    defaults = cls()
+    values = {}
+    for name in cls.__dataclass_fields__:
+        default = getattr(defaults, name)
+        if isinstance(default, bool):
+            values[name] = table.take(name, bool, default)
+        else:
+            values[name] = table.positive(name, default)
+    table.done()
+    return cls(**values)
+
+
+def _members(table: _Table, key: str, node_ids: list[str]) -> tuple[str, ...]:
+    members = table.take(key, list, node_ids)
+    if not members or not all(isinstance(m, str) for m in members):
+        raise table.fail(key, "must be a non-empty list of node ids")
+    unknown = [m for m in members if m not in node_ids]
+    if unknown:
+        raise table.fail(key, f"unknown node id(s) {unknown}; [[nodes]] defines {node_ids}")
+    if len(set(members)) != len(members):
+        raise table.fail(key, "lists a node twice")
+    return tuple(members)
+
+
+def _port(table: _Table, key: str) -> int:
+    port = table.take(key, int)
+    if not 1 <= port <= 65535:
+        raise table.fail(key, f"must be a TCP port (1-65535), got {port}")
+    return port
+
+
+def parse_config(text: str, path: Path) -> ClusterConfig:
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    top = _Table(path, "", raw)
+    cluster = top.table("cluster")
+    name = cluster.take("name", str, "local")
+    data_dir = (path.parent / cluster.take("data_dir", str, "data")).resolve()
+    durability_name = cluster.take("durability", str, "os")
+    try:
+        durability = Durability(durability_name)
+    except ValueError:
+        raise cluster.fail("durability", f"must be 'os' or 'fsync', got {durability_name!r}") from None
+    secret = cluster.take("secret", str, None)
+    if secret == "":
+        raise cluster.fail("secret", "must not be empty (remove the key to disable auth)")
+    cluster.done()
+
+    raw_nodes = top.data.pop("nodes", None)
+    if not isinstance(raw_nodes, list) or not raw_nodes:
+        raise ConfigError(f"{path}: [[nodes]] must define at least one node")
+    nodes = []
+    for i, raw_node in enumerate(raw_nodes):
+        t = _Table(path, f"nodes[{i}]", raw_node)
+        node_id = t.take("id", str)
+        if not node_id or not node_id.replace("-", "").replace("_", "").isalnum():
+            raise t.fail("id", f"must be a non-empty name of letters, digits, - and _, got {node_id!r}")
+        nodes.append(NodeConfig(node_id, t.take("host", str, "127.0.0.1"), _port(t, "rpc_port"), _port(t, "raft_port")))
+        t.done()
+    node_ids = [n.id for n in nodes]
+    if len(set(node_ids)) != len(node_ids):
+        raise ConfigError(f"{path}: [[nodes]] ids must be unique, got {node_ids}")
+
+    coordinator = top.table("coordinator")
+    coordinator_members = _members(coordinator, "members", node_ids)
+    coordinator.done()
+    shards = top.table("shards")
+    shard_count = shards.positive("count", 3)
+    shard_members = _members(shards, "members", node_ids)
+    shards.done()
+
+    config = ClusterConfig(
+        path=path,
+        name=name,
+        data_dir=data_dir,
+        durability=durability,
+        secret=secret,
+        nodes=tuple(nodes),
+        coordinator_members=coordinator_members,
+        shard_count=shard_count,
+        shard_members=shard_members,
+        limits=_dataclass_from(top.table("limits"), Limits),
+        timeouts=_dataclass_from(top.table("timeouts"), Timeouts),
+        raft=_dataclass_from(top.table("raft"), RaftSettings),
+    )
+    top.done()
+    _check_ports(config)
+    return config
+
+
+def _check_ports(config: ClusterConfig) -> None:
+    used: dict[tuple[str, int], str] = {}
+    group_count = len(config.groups())
+    for node in config.nodes:
+        wanted = [("rpc_port", node.rpc_port)] + [
+            (f"raft_port+{i}", node.raft_port + i) for i in range(group_count)
+        ]
+        for label, port in wanted:
+            if port > 65535:
+                raise ConfigError(f"{config.path}: node {node.id}: {label} = {port} is not a TCP port")
+            other = used.get((node.host, port))
+            if other is not None:
+                raise ConfigError(
+                    f"{config.path}: node {node.id}: {label} = {port} collides with {other} on {node.host}"
+                )
+            used[(node.host, port)] = f"node {node.id} {label}"
+
+
+def load_config(path: str | Path = "cluster.toml") -> ClusterConfig:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    return parse_config(text, path.resolve())

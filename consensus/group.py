@@ -1,0 +1,258 @@
+"""One replica of one Raft group, on PySyncObj, awaited from trio.
+
+PySyncObj is not sans-IO: it runs its own tick thread, owns its sockets and
+journal, and calls back on that thread. This module is the only place that
+touches it. What the rest of the node sees:
+
+* ``await group.propose(command, session)``: the command is applied on every
+  replica by ``StateMachine.apply`` and the result comes back. A proposal can
+  be lost or its outcome can be unknown (leader change, timeout): the errors
+  say so (``maybe_applied``) and a retry with the same ``SessionRef`` is
+  applied at most once (``consensus.sessions``).
+* ``await group.read_barrier()``: returns once this replica has applied every
+  command committed before the call began, so a read of local state that
+  follows is linearizable. Concurrent readers share one barrier entry.
+* ``group.status()``: role, leader, term, commit and applied index.
+
+Callers bound every await with a cancel scope (trio style); a cancelled
+proposal may still be applied.
+
+Rules PySyncObj imposes on the replicated state, learned the hard way (see
+DESIGN.md section 5): the replicated method never raises (an exception wedges
+every replica), it is deterministic, and the state is kept in a
+``SyncObjConsumer`` whose attributes are set in ``__init__`` so that snapshots
+include them and the tick thread never sees a half-built object.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, Protocol
+
+import trio
+from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, SyncObjConsumer, replicated
+
+from consensus.durability import install_snapshot_sync, journal_factory
+from consensus.errors import (
+    ClusterError,
+    InternalError,
+    NotLeader,
+    SessionExpired,
+    Unavailable,
+    error_from_wire,
+)
+from consensus.sessions import SessionRef, SessionTable
+from consensus.settings import GroupSpec
+
+log = logging.getLogger(__name__)
+
+
+class StateMachine(Protocol):
+    """A deterministic, picklable state machine replicated by a group.
+
+    ``apply`` may raise ``ClusterError`` to reject a command; the rejection is
+    then the command's (replicated, deterministic) result.
+    """
+
+    def apply(self, command: Any) -> Any: ...
+
+
+class _ReplicatedState(SyncObjConsumer):
+    def __init__(self, machine: StateMachine, max_sessions: int) -> None:
+        super().__init__()
+        self.machine = machine
+        self.sessions = SessionTable(max_sessions)
+
+    @replicated
+    def execute(self, session: tuple[bytes, int, int] | None, command: Any) -> tuple[str, Any]:
+        try:
+            ref = SessionRef(*session) if session is not None else None
+            if ref is not None:
+                state, first = self.sessions.lookup(ref)
+                if state == "done":
+                    return first
+                if state == "expired":
+                    return "err", SessionExpired(
+                        f"session of client {ref.client_id.hex()} no longer holds seq {ref.seq}"
+                    ).to_wire()
+            try:
+                outcome: tuple[str, Any] = ("ok", self.machine.apply(command))
+            except ClusterError as exc:
+                outcome = ("err", exc.to_wire())
+            if ref is not None:
+                self.sessions.record(ref, outcome)
+            return outcome
+        except Exception as exc:  # never let a replicated method raise: it wedges the group
+            log.exception("state machine failed on %r", command)
+            return "err", InternalError(f"state machine failed: {exc!r}").to_wire()
+
+    @replicated
+    def barrier(self) -> None:
+        return None
+
+
+def _fail_reason_error(reason: int, group: str) -> ClusterError:
+    if reason == FAIL_REASON.NOT_LEADER:
+        return NotLeader(f"group {group}: leader changed before the command was accepted")
+    if reason in (FAIL_REASON.LEADER_CHANGED, FAIL_REASON.UNKNOWN_OUTCOME):
+        return Unavailable(
+            f"group {group}: leader changed while replicating; outcome unknown", maybe_applied=True
+        )
+    if reason == FAIL_REASON.DISCARDED:
+        return Unavailable(f"group {group}: command discarded by a new leader")
+    if reason == FAIL_REASON.QUEUE_FULL:
+        return Unavailable(f"group {group}: command queue full")
+    return Unavailable(f"group {group}: no leader (reason {reason})")
+
+
+class _Batch:
+    __slots__ = ("done", "error")
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.error: ClusterError | None = None
+
+
+_ROLES = {0: "follower", 1: "candidate", 2: "leader"}
+
+
+class ReplicaGroup:
+    def __init__(self, spec: GroupSpec, machine: StateMachine, token: trio.lowlevel.TrioToken) -> None:
+        self.spec = spec
+        self._token = token
+        self._addr_to_id = {addr: node for node, addr in spec.members.items()}
+        self._state = _ReplicatedState(machine, spec.raft.max_sessions)
+        raft = spec.raft
+        conf = SyncObjConf(
+            journalFile=str(spec.journal_path),
+            fullDumpFile=str(spec.dump_path),
+            appendEntriesUseBatch=raft.append_entries_use_batch,
+            leaderFallbackTimeout=raft.leader_fallback_timeout_s,
+            raftMinTimeout=raft.election_timeout_min_s,
+            raftMaxTimeout=raft.election_timeout_max_s,
+            connectionTimeout=raft.connection_timeout_s,
+            connectionRetryTime=raft.connection_retry_s,
+            logCompactionMinEntries=raft.log_compaction_min_entries,
+            logCompactionMinTime=raft.log_compaction_min_time_s,
+            password=spec.password,
+            useFork=True,
+        )
+        self_addr = spec.members[spec.self_id]
+        others = [addr for node, addr in spec.members.items() if node != spec.self_id]
+        install_snapshot_sync(spec.durability)
+        with journal_factory(spec.durability):
+            self._syncobj = SyncObj(self_addr, others, conf=conf, consumers=[self._state])
+        self._next_batch = _Batch()
+        self._barrier_in_flight = False
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def machine(self) -> StateMachine:
+        """The local replica's state; read it only after ``read_barrier`` for linearizability."""
+        return self._state.machine
+
+    def is_leader(self) -> bool:
+        """Local, possibly stale view; safe for routing, not for reads."""
+        return bool(self._syncobj._isLeader())
+
+    def leader_id(self) -> str | None:
+        leader = self._syncobj._getLeader()
+        if leader is None:
+            return None
+        return self._addr_to_id.get(leader.id if hasattr(leader, "id") else str(leader))
+
+    def _deliver_to_trio(self, deliver: Any) -> Any:
+        """A PySyncObj callback that hands ``(result, reason)`` to ``deliver`` on the trio thread."""
+        token = self._token
+
+        def on_result(result: Any, reason: int) -> None:
+            try:
+                token.run_sync_soon(deliver, result, reason)
+            except trio.RunFinishedError:
+                pass
+
+        return on_result
+
+    async def propose(self, command: Any, session: SessionRef | None = None) -> Any:
+        done = trio.Event()
+        box: list[tuple[Any, int]] = []
+
+        def deliver(result: Any, reason: int) -> None:
+            box.append((result, reason))
+            done.set()
+
+        wire_session = (session.client_id, session.seq, session.low_water) if session else None
+        self._state.execute(wire_session, command, callback=self._deliver_to_trio(deliver))
+        await done.wait()
+        result, reason = box[0]
+        if reason != FAIL_REASON.SUCCESS:
+            raise _fail_reason_error(reason, self.name)
+        kind, value = result
+        if kind == "err":
+            raise error_from_wire(value)
+        return value
+
+    async def read_barrier(self) -> None:
+        batch = self._next_batch
+        if not self._barrier_in_flight:
+            self._launch_barrier()
+        await batch.done.wait()
+        if batch.error is not None:
+            raise batch.error
+
+    def _launch_barrier(self) -> None:
+        batch = self._next_batch
+        self._next_batch = _Batch()
+        self._barrier_in_flight = True
+
+        def deliver(_result: Any, reason: int) -> None:
+            if reason != FAIL_REASON.SUCCESS:
+                batch.error = _fail_reason_error(reason, self.name)
+            batch.done.set()
+            self._barrier_in_flight = False
+            if self._next_batch.done.statistics().tasks_waiting:
+                self._launch_barrier()
+
+        self._state.barrier(callback=self._deliver_to_trio(deliver))
+
+    def status(self) -> dict[str, Any]:
+        so = self._syncobj
+        return {
+            "group": self.name,
+            "node": self.spec.self_id,
+            "role": _ROLES.get(getattr(so, "_SyncObj__raftState", -1), "unknown"),
+            "leader": self.leader_id(),
+            "term": so.raftCurrentTerm,
+            "commit_index": so.raftCommitIndex,
+            "applied_index": so.raftLastApplied,
+            "has_quorum": bool(so.hasQuorum),
+            "log_entries": so._getRaftLogSize(),
+            "sessions": len(self._state.sessions),
+        }
+
+    def force_log_compaction(self) -> None:
+        self._syncobj.forceLogCompaction()
+
+    def close(self) -> None:
+        self._syncobj.destroy_synchronous()
+
+
+@contextmanager
+def open_replica_groups(
+    specs: list[tuple[GroupSpec, StateMachine]], token: trio.lowlevel.TrioToken
+) -> Iterator[dict[str, ReplicaGroup]]:
+    """Start one replica per spec; stop them all (joining their threads) on exit."""
+    groups: dict[str, ReplicaGroup] = {}
+    try:
+        for spec, machine in specs:
+            spec.journal_path.parent.mkdir(parents=True, exist_ok=True)
+            groups[spec.name] = ReplicaGroup(spec, machine, token)
+        yield groups
+    finally:
+        for group in groups.values():
+            group.close()

@@ -1,0 +1,240 @@
+"""Node process entry point and operator CLI.
+
+    python node.py start NODE_ID        run one node in the foreground
+    python node.py up [--detach]        start every node of the config
+    python node.py down [--clean]       stop nodes started with --detach
+    python node.py status [--json]      one row per group replica
+    python node.py compact              force log compaction on every node
+
+``--config PATH`` (default ``cluster.toml``) is accepted by every command.
+Each node writes its log to ``<data_dir>/<node>/node.log`` and its pid to
+``<data_dir>/<node>/node.pid`` while it runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from commit.admin import STATUS_COLUMNS, cluster_status, leaderless_groups, node_call, wait_for_leaders
+from commit.config import ClusterConfig, ConfigError, load_config
+from commit.server import serve_node
+from commit.tables import format_table
+
+HERE = Path(__file__).resolve().parent
+STOP_GRACE_S = 10.0
+
+
+def _pid_file(config: ClusterConfig, node_id: str) -> Path:
+    return config.node_dir(node_id) / "node.pid"
+
+
+def _log_file(config: ClusterConfig, node_id: str) -> Path:
+    return config.node_dir(node_id) / "node.log"
+
+
+def _configure_logging(config: ClusterConfig, node_id: str) -> None:
+    handler = logging.FileHandler(_log_file(config, node_id))
+    handler.setFormatter(logging.Formatter(f"%(asctime)s {node_id} %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
+
+
+async def _run_until_signalled(config: ClusterConfig, node_id: str) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(serve_node, config, node_id)
+            async for signum in signals:
+                logging.getLogger("node").info("signal %d: stopping", signum)
+                nursery.cancel_scope.cancel()
+                break
+
+
+def cmd_start(config: ClusterConfig, args: argparse.Namespace) -> int:
+    config.node(args.node_id)
+    config.node_dir(args.node_id).mkdir(parents=True, exist_ok=True)
+    _configure_logging(config, args.node_id)
+    pid_file = _pid_file(config, args.node_id)
+    pid_file.write_text(str(os.getpid()))
+    try:
+        trio.run(_run_until_signalled, config, args.node_id)
+    finally:
+        pid_file.unlink(missing_ok=True)
+        logging.getLogger("node").info("stopped")
+    return 0
+
+
+def _spawn(config: ClusterConfig, node_id: str, detach: bool) -> subprocess.Popen[bytes]:
+    config.node_dir(node_id).mkdir(parents=True, exist_ok=True)
+    log = open(_log_file(config, node_id), "ab")
+    try:
+        return subprocess.Popen(
+            [sys.executable, str(HERE / "node.py"), "--config", str(config.path), "start", node_id],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=detach,
+        )
+    finally:
+        log.close()
+
+
+def _stop(procs: dict[str, subprocess.Popen[bytes]]) -> None:
+    for proc in procs.values():
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + STOP_GRACE_S
+    for node_id, proc in procs.items():
+        try:
+            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            print(f"{node_id} did not stop in {STOP_GRACE_S}s; killing it", file=sys.stderr)
+            proc.kill()
+            proc.wait()
+
+
+def _endpoint_rows(config: ClusterConfig, rows: list[dict[str, Any]], procs: dict[str, subprocess.Popen[bytes]]) -> list[dict[str, Any]]:
+    leads: dict[str, list[str]] = {}
+    for row in rows:
+        if row.get("role") == "leader":
+            leads.setdefault(row["node"], []).append(row["group"])
+    return [
+        {
+            "node": n.id,
+            "rpc": f"{n.host}:{n.rpc_port}",
+            "raft_ports": f"{n.raft_port}-{n.raft_port + len(config.groups()) - 1}",
+            "pid": procs[n.id].pid,
+            "leads": ",".join(leads.get(n.id, [])) or None,
+            "log": str(_log_file(config, n.id)),
+        }
+        for n in config.nodes
+    ]
+
+
+def cmd_up(config: ClusterConfig, args: argparse.Namespace) -> int:
+    running = [n.id for n in config.nodes if _running_pid(config, n.id) is not None]
+    if running:
+        print(f"already running: {', '.join(running)} (use 'python node.py down' first)", file=sys.stderr)
+        return 1
+    procs = {n.id: _spawn(config, n.id, args.detach) for n in config.nodes}
+    print(f"started {len(procs)} nodes from {config.path}; data in {config.data_dir}", flush=True)
+    try:
+        rows = trio.run(wait_for_leaders, config, lambda line: print(line, flush=True))
+    except trio.TooSlowError:
+        print(f"no leader for every group within {config.timeouts.startup_s}s; see the node logs", file=sys.stderr)
+        _stop(procs)
+        return 1
+    except KeyboardInterrupt:
+        _stop(procs)
+        return 130
+    print(format_table(_endpoint_rows(config, rows, procs), ("node", "rpc", "raft_ports", "pid", "leads", "log")))
+    if args.detach:
+        print("running in the background; stop with: python node.py down", flush=True)
+        return 0
+    print("cluster ready; Ctrl-C stops every node", flush=True)
+    try:
+        while any(p.poll() is None for p in procs.values()):
+            for node_id, proc in procs.items():
+                if proc.poll() is not None and not getattr(proc, "_reported", False):
+                    print(f"{node_id} exited with code {proc.returncode}", flush=True)
+                    proc._reported = True  # type: ignore[attr-defined]
+            time.sleep(0.2)
+    except KeyboardInterrupt:
+        print("stopping...", flush=True)
+    _stop(procs)
+    print("all nodes stopped", flush=True)
+    return 0
+
+
+def _running_pid(config: ClusterConfig, node_id: str) -> int | None:
+    try:
+        pid = int(_pid_file(config, node_id).read_text())
+        os.kill(pid, 0)
+        return pid
+    except (OSError, ValueError):
+        return None
+
+
+def cmd_down(config: ClusterConfig, args: argparse.Namespace) -> int:
+    pids = {n.id: pid for n in config.nodes if (pid := _running_pid(config, n.id)) is not None}
+    for pid in pids.values():
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + STOP_GRACE_S
+    for node_id, pid in pids.items():
+        while _running_pid(config, node_id) == pid and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if _running_pid(config, node_id) == pid:
+            print(f"{node_id} (pid {pid}) did not stop in {STOP_GRACE_S}s; killing it", file=sys.stderr)
+            os.kill(pid, signal.SIGKILL)
+        print(f"stopped {node_id} (pid {pid})")
+    if not pids:
+        print("no running nodes found")
+    if args.clean and config.data_dir.exists():
+        shutil.rmtree(config.data_dir)
+        print(f"removed {config.data_dir}")
+    return 0
+
+
+def cmd_status(config: ClusterConfig, args: argparse.Namespace) -> int:
+    rows = trio.run(cluster_status, config)
+    if args.json:
+        print(json.dumps({"groups": rows, "leaderless": leaderless_groups(rows, config)}, indent=2))
+    else:
+        print(format_table(rows, STATUS_COLUMNS))
+        missing = leaderless_groups(rows, config)
+        if missing:
+            print(f"\nno leader: {', '.join(missing)}")
+    return 0 if any(r.get("reachable") for r in rows) else 1
+
+
+def cmd_compact(config: ClusterConfig, args: argparse.Namespace) -> int:
+    async def compact_all() -> None:
+        for node in config.nodes:
+            await node_call(config, node.id, "node.compact", {})
+            print(f"{node.id}: log compaction requested")
+
+    trio.run(compact_all)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", default=argparse.SUPPRESS, help="cluster config (default: cluster.toml)")
+    parser = argparse.ArgumentParser(prog="node.py", description=__doc__.split("\n")[0], parents=[common])
+    sub = parser.add_subparsers(dest="command", required=True)
+    start = sub.add_parser("start", parents=[common], help="run one node in the foreground")
+    start.add_argument("node_id")
+    start.set_defaults(func=cmd_start)
+    up = sub.add_parser("up", parents=[common], help="start every node of the config")
+    up.add_argument("--detach", action="store_true", help="run in the background with pid files")
+    up.set_defaults(func=cmd_up)
+    down = sub.add_parser("down", parents=[common], help="stop nodes started with --detach")
+    down.add_argument("--clean", action="store_true", help="also remove the data directory")
+    down.set_defaults(func=cmd_down)
+    status = sub.add_parser("status", parents=[common], help="one row per group replica")
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(func=cmd_status)
+    compact = sub.add_parser("compact", parents=[common], help="force log compaction on every node")
+    compact.set_defaults(func=cmd_compact)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        config = load_config(getattr(args, "config", "cluster.toml"))
+        return args.func(config, args)
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
