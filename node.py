@@ -29,10 +29,10 @@ import trio
 
 from commit.admin import STATUS_COLUMNS, cluster_status, leaderless_groups, node_call, wait_for_leaders
 from commit.config import ClusterConfig, ConfigError, load_config
+from commit.localcluster import spawn_node
 from commit.server import serve_node
 from commit.tables import format_table
 
-HERE = Path(__file__).resolve().parent
 STOP_GRACE_S = 10.0
 
 
@@ -74,18 +74,6 @@ def cmd_start(config: ClusterConfig, args: argparse.Namespace) -> int:
     return 0
 
 
-def _spawn(config: ClusterConfig, node_id: str, detach: bool) -> subprocess.Popen[bytes]:
-    config.node_dir(node_id).mkdir(parents=True, exist_ok=True)
-    log = open(_log_file(config, node_id), "ab")
-    try:
-        return subprocess.Popen(
-            [sys.executable, str(HERE / "node.py"), "--config", str(config.path), "start", node_id],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=detach,
-        )
-    finally:
-        log.close()
-
-
 def _stop(procs: dict[str, subprocess.Popen[bytes]]) -> None:
     for proc in procs.values():
         if proc.poll() is None:
@@ -123,34 +111,36 @@ def cmd_up(config: ClusterConfig, args: argparse.Namespace) -> int:
     if running:
         print(f"already running: {', '.join(running)} (use 'python node.py down' first)", file=sys.stderr)
         return 1
-    procs = {n.id: _spawn(config, n.id, args.detach) for n in config.nodes}
+    procs = {n.id: spawn_node(config, n.id, detach=args.detach) for n in config.nodes}
     print(f"started {len(procs)} nodes from {config.path}; data in {config.data_dir}", flush=True)
     try:
         rows = trio.run(wait_for_leaders, config, lambda line: print(line, flush=True))
+        print(format_table(_endpoint_rows(config, rows, procs), ("node", "rpc", "raft_ports", "pid", "leads", "log")))
+        if args.detach:
+            print("running in the background; stop with: python node.py down", flush=True)
+            return 0
+        print("cluster ready; Ctrl-C stops every node", flush=True)
+        _watch(procs)
     except trio.TooSlowError:
         print(f"no leader for every group within {config.timeouts.startup_s}s; see the node logs", file=sys.stderr)
         _stop(procs)
         return 1
     except KeyboardInterrupt:
-        _stop(procs)
-        return 130
-    print(format_table(_endpoint_rows(config, rows, procs), ("node", "rpc", "raft_ports", "pid", "leads", "log")))
-    if args.detach:
-        print("running in the background; stop with: python node.py down", flush=True)
-        return 0
-    print("cluster ready; Ctrl-C stops every node", flush=True)
-    try:
-        while any(p.poll() is None for p in procs.values()):
-            for node_id, proc in procs.items():
-                if proc.poll() is not None and not getattr(proc, "_reported", False):
-                    print(f"{node_id} exited with code {proc.returncode}", flush=True)
-                    proc._reported = True  # type: ignore[attr-defined]
-            time.sleep(0.2)
-    except KeyboardInterrupt:
         print("stopping...", flush=True)
     _stop(procs)
     print("all nodes stopped", flush=True)
     return 0
+
+
+def _watch(procs: dict[str, subprocess.Popen[bytes]]) -> None:
+    """Report nodes that exit on their own; return once every node has exited."""
+    reported: set[str] = set()
+    while len(reported) < len(procs):
+        for node_id, proc in procs.items():
+            if node_id not in reported and proc.poll() is not None:
+                print(f"{node_id} exited with code {proc.returncode}", flush=True)
+                reported.add(node_id)
+        time.sleep(0.2)
 
 
 def _running_pid(config: ClusterConfig, node_id: str) -> int | None:

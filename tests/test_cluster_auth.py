@@ -10,7 +10,7 @@ import trio
 
 import commit
 from tests.conftest import _started
-from tests.localcluster import LocalCluster
+from commit.localcluster import LocalCluster
 
 pytestmark = pytest.mark.cluster
 

@@ -1,7 +1,9 @@
-"""Real node processes on free loopback ports, from a temporary cluster.toml.
+"""Launching real node processes: for ``node.py up``, the tests and the benchmarks.
 
-Tests (and the benchmarks) use this to start, kill -9, pause and restart
-nodes. Everything here is real: processes, TCP, files; nothing is faked.
+``spawn_node`` starts one ``node.py start`` process. ``LocalCluster`` writes a
+throwaway cluster.toml on free loopback ports (the same settings as the
+default cluster.toml unless told otherwise) and starts, kills -9, pauses and
+restarts its nodes. Everything is real: processes, TCP, files.
 """
 
 from __future__ import annotations
@@ -22,7 +24,17 @@ from commit.admin import cluster_status, node_call, wait_for_leaders
 from commit.config import ClusterConfig, load_config
 
 ROOT = Path(__file__).resolve().parent.parent
-GROUPS_PER_NODE = 4  # coordinator + 3 shards
+
+
+def spawn_node(config: ClusterConfig, node_id: str, *, detach: bool = False) -> subprocess.Popen[bytes]:
+    """Start ``node.py start NODE_ID``; its stdout and stderr go to its node.log."""
+    node_dir = config.node_dir(node_id)
+    node_dir.mkdir(parents=True, exist_ok=True)
+    with open(node_dir / "node.log", "ab") as log:
+        return subprocess.Popen(
+            [sys.executable, str(ROOT / "node.py"), "--config", str(config.path), "start", node_id],
+            cwd=ROOT, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=detach,
+        )
 
 
 def _ports_free(ports: list[int]) -> bool:
@@ -103,14 +115,9 @@ class LocalCluster:
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
 
     def start(self, node_id: str) -> None:
-        assert node_id not in self.procs or self.procs[node_id].poll() is not None, node_id
-        log_dir = self.config.node_dir(node_id)
-        log_dir.mkdir(parents=True, exist_ok=True)
-        with open(log_dir / "stdout.log", "ab") as out:
-            self.procs[node_id] = subprocess.Popen(
-                [sys.executable, str(ROOT / "node.py"), "--config", str(self.config_path), "start", node_id],
-                cwd=ROOT, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-            )
+        if self.alive(node_id):
+            raise RuntimeError(f"{node_id} is already running")
+        self.procs[node_id] = spawn_node(self.config, node_id)
 
     def start_all(self) -> None:
         for node_id in self.node_ids:
