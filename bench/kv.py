@@ -2,6 +2,7 @@
 
     python -m bench.kv                         # throwaway 3-node cluster, default settings
     python -m bench.kv --config cluster.toml   # a cluster you already started (make up)
+    python -m bench.kv --durability fsync      # sync every journal append before acknowledging
     python -m bench.kv --json                  # JSON instead of the table
 
 Phases: 1 client issuing puts then gets one after another, then
@@ -125,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--procs", type=int, default=2, help="client processes for the concurrent phase")
     parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--durability", choices=("os", "fsync"), default="os",
+                        help="durability mode of the throwaway cluster")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
 
@@ -136,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.config:
             config = load_config(args.config)
         else:
-            cluster = LocalCluster(Path(tmp))
+            cluster = LocalCluster(Path(tmp), options={"durability": args.durability})
             cluster.start_all()
             trio.run(cluster.wait_ready)
             config = cluster.config

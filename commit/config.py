@@ -11,6 +11,7 @@ so each node needs one RPC port and a block of consecutive Raft ports.
 
 from __future__ import annotations
 
+import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -161,8 +162,8 @@ class _Table:
     def positive(self, key: str, default: Any) -> Any:
         kind = float if isinstance(default, float) else int
         value = self.take(key, (int, float) if kind is float else int, default)
-        if value <= 0:
-            raise self.fail(key, f"must be positive, got {value!r}")
+        if not (math.isfinite(value) and value > 0):
+            raise self.fail(key, f"must be positive and finite, got {value!r}")
         return kind(value)
 
     def table(self, key: str) -> _Table:

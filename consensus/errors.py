@@ -22,7 +22,7 @@ class ClusterError(Exception):
     default_maybe_applied: ClassVar[bool] = False
 
     def __init__(
-        self, message: str, *, maybe_applied: bool | None = None, **detail: Any
+        self, message: str, /, *, maybe_applied: bool | None = None, **detail: Any
     ) -> None:
         super().__init__(message)
         self.message = message
@@ -33,10 +33,10 @@ class ClusterError(Exception):
 
     def to_wire(self) -> dict[str, Any]:
         return {
+            **self.detail,
             "code": self.code,
             "message": self.message,
             "maybe_applied": self.maybe_applied,
-            **self.detail,
         }
 
     def __repr__(self) -> str:

@@ -124,7 +124,7 @@ async def _dispatch(router: Router, method: str, params: dict[str, Any]) -> tupl
 
 async def _answer(
     conn: FramedStream, router: Router, req_id: int, method: str, params: dict[str, Any],
-    limiter: trio.CapacityLimiter,
+    in_flight: trio.Semaphore,
 ) -> None:
     try:
         error, result = await _dispatch(router, method, params)
@@ -135,7 +135,7 @@ async def _answer(
     except (trio.BrokenResourceError, trio.ClosedResourceError):
         pass
     finally:
-        limiter.release_on_behalf_of(req_id)
+        in_flight.release()
 
 
 async def _handshake_server(conn: FramedStream, node_id: str, settings: RpcSettings) -> bool:
@@ -158,7 +158,7 @@ async def _handshake_server(conn: FramedStream, node_id: str, settings: RpcSetti
 async def _read_requests(
     conn: FramedStream, router: Router, settings: RpcSettings, nursery: trio.Nursery, peer: str
 ) -> None:
-    limiter = trio.CapacityLimiter(settings.max_in_flight_per_connection)
+    in_flight = trio.Semaphore(settings.max_in_flight_per_connection)
     while True:
         try:
             message = await conn.receive()
@@ -171,8 +171,8 @@ async def _read_requests(
         except InvalidRequest as exc:
             await conn.send([_request_id_of(message), exc.to_wire(), None])
             continue
-        await limiter.acquire_on_behalf_of(req_id)
-        nursery.start_soon(_answer, conn, router, req_id, method, params, limiter)
+        await in_flight.acquire()
+        nursery.start_soon(_answer, conn, router, req_id, method, params, in_flight)
 
 
 async def _serve_connection(

@@ -41,7 +41,7 @@ def encode_frame(message: Any, max_frame_bytes: int) -> bytes:
 def decode_payload(payload: bytes) -> Any:
     try:
         return msgpack.unpackb(payload, raw=False, strict_map_key=False)
-    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
+    except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
         raise GarbageFrame(f"frame is not valid msgpack: {exc}") from None
 
 
