@@ -43,3 +43,10 @@ def shared_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCl
 def fresh_cluster(tmp_path: Path) -> Iterator[LocalCluster]:
     """A 3-node cluster of its own, for tests that kill or pause nodes."""
     yield from _started(tmp_path, options={"raft": {"log_compaction_min_entries": 200}})
+
+
+@pytest.fixture(params=["os", "fsync"])
+def durable_cluster(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[LocalCluster]:
+    """A cluster of its own in each durability mode, compacting its logs early."""
+    options = {"durability": request.param, "raft": {"log_compaction_min_entries": 200}}
+    yield from _started(tmp_path, options=options)

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import collections
-from collections.abc import Iterator
-from pathlib import Path
 import random
 
 import msgpack
@@ -77,8 +75,9 @@ async def test_kill_the_busiest_leader_then_restart_it(fresh_cluster: LocalClust
         await _assert_all_present(db, acked)
 
 
-async def test_kill_every_node_after_compaction_loses_nothing(fresh_cluster: LocalCluster) -> None:
-    cluster = fresh_cluster
+async def test_kill_every_node_after_compaction_loses_nothing(durable_cluster: LocalCluster) -> None:
+    """In both durability modes (fsync runs the synced journal, meta and snapshot paths)."""
+    cluster = durable_cluster
     acked: dict[str, int] = {}
     async with commit.connect(cluster.config) as db:
         await _write_many(db, "a:", 300, acked)
@@ -151,26 +150,3 @@ async def test_reads_and_writes_continue_through_random_kills(fresh_cluster: Loc
             await cluster.wait_ready()
         await _assert_all_present(db, acked)
 
-
-@pytest.fixture
-def fsync_cluster(tmp_path: Path) -> Iterator[LocalCluster]:
-    from tests.conftest import _started
-
-    yield from _started(tmp_path, options={"durability": "fsync", "raft": {"log_compaction_min_entries": 100}})
-
-
-async def test_fsync_mode_keeps_acknowledged_writes_across_kill_all(fsync_cluster: LocalCluster) -> None:
-    """fsync mode runs the synced journal, meta and snapshot paths; a full kill -9 loses nothing."""
-    cluster = fsync_cluster
-    acked: dict[str, int] = {}
-    async with commit.connect(cluster.config) as db:
-        await _write_many(db, "f:", 150, acked)
-        for node_id in cluster.node_ids:
-            await cluster.call(node_id, "node.compact", {})
-        await _write_many(db, "g:", 50, acked)
-    for node_id in cluster.node_ids:
-        cluster.kill(node_id)
-    cluster.start_all()
-    await cluster.wait_ready()
-    async with commit.connect(cluster.config) as db:
-        await _assert_all_present(db, acked)
