@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -106,8 +107,8 @@ async def test_client_retry_after_attempt_timeout_is_applied_once(shared_cluster
     cluster = shared_cluster
     leader = await _shard_leader(cluster, key)
     config = cluster.config
-    fast = type(config.timeouts)(**{**vars(config.timeouts), "client_attempt_s": 0.5})
-    async with commit.connect(type(config)(**{**vars(config), "timeouts": fast})) as db:
+    fast = dataclasses.replace(config, timeouts=dataclasses.replace(config.timeouts, client_attempt_s=0.5))
+    async with commit.connect(fast) as db:
         before = await db.put(key, "before")
         cluster.pause(leader)
         try:
