@@ -66,6 +66,11 @@ def cmd_start(config: ClusterConfig, args: argparse.Namespace) -> int:
     _configure_logging(config, args.node_id)
     pid_file = _pid_file(config, args.node_id)
     pid_file.write_text(str(os.getpid()))
+    # Outside the trio signal receiver the node ignores these: a Ctrl-C in a terminal sends SIGINT to
+    # every node and `up` then sends SIGTERM, and trio redelivers signals still pending when its
+    # receiver closes, which with default handlers would kill the node half-way through shutdown.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, signal.SIG_IGN)
     try:
         trio.run(_run_until_signalled, config, args.node_id)
     finally:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -36,10 +37,11 @@ def _pids(cluster: LocalCluster) -> list[Path]:
 
 
 def test_up_in_foreground_stops_every_node_on_ctrl_c(tmp_path: Path) -> None:
+    """Like a terminal's Ctrl-C: SIGINT to the whole process group, `up` and every node at once."""
     cluster = LocalCluster(tmp_path)  # only for its config; node.py starts the nodes
     proc = subprocess.Popen(
         [sys.executable, NODE_PY, "--config", str(cluster.config_path), "up"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
     )
     try:
         lines = _wait_for_line(proc, "cluster ready", 60)
@@ -47,14 +49,17 @@ def test_up_in_foreground_stops_every_node_on_ctrl_c(tmp_path: Path) -> None:
         for node in cluster.config.nodes:
             assert f"{node.host}:{node.rpc_port}" in printed
         assert all(p.exists() for p in _pids(cluster))
-        proc.send_signal(signal.SIGINT)
+        os.killpg(proc.pid, signal.SIGINT)
         rest, _ = proc.communicate(timeout=30)
         assert "all nodes stopped" in rest
         assert proc.returncode == 0
         assert not any(p.exists() for p in _pids(cluster)), "a node did not shut down cleanly"
+        for node_id in cluster.node_ids:
+            log = (cluster.config.node_dir(node_id) / "node.log").read_text()
+            assert log.rstrip().endswith("node: stopped"), f"{node_id} log ends: {log[-300:]}"
     finally:
         if proc.poll() is None:
-            proc.kill()
+            os.killpg(proc.pid, signal.SIGKILL)
 
 
 def test_up_detach_status_down_clean(tmp_path: Path) -> None:
