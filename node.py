@@ -27,7 +27,15 @@ from typing import Any
 
 import trio
 
-from commit.admin import STATUS_COLUMNS, cluster_status, leaderless_groups, node_call, wait_for_leaders
+from commit.admin import (
+    IN_DOUBT_COLUMNS,
+    STATUS_COLUMNS,
+    TXN_COLUMNS,
+    cluster_report,
+    leaderless_groups,
+    node_call,
+    wait_for_leaders,
+)
 from commit.config import ClusterConfig, ConfigError, load_config
 from commit.localcluster import spawn_node
 from commit.server import serve_node
@@ -178,14 +186,21 @@ def cmd_down(config: ClusterConfig, args: argparse.Namespace) -> int:
 
 
 def cmd_status(config: ClusterConfig, args: argparse.Namespace) -> int:
-    rows = trio.run(cluster_status, config)
+    report = trio.run(cluster_report, config)
+    rows = report["groups"]
+    missing = leaderless_groups(rows, config)
     if args.json:
-        print(json.dumps({"groups": rows, "leaderless": leaderless_groups(rows, config)}, indent=2))
+        print(json.dumps({**report, "leaderless": missing}, indent=2))
     else:
         print(format_table(rows, STATUS_COLUMNS))
-        missing = leaderless_groups(rows, config)
         if missing:
             print(f"\nno leader: {', '.join(missing)}")
+        if report["transactions"]:
+            print("\ntransactions by outcome")
+            print(format_table(report["transactions"], TXN_COLUMNS))
+        print(f"\nin-doubt transactions: {len(report['in_doubt']) or 'none'}")
+        if report["in_doubt"]:
+            print(format_table(report["in_doubt"], IN_DOUBT_COLUMNS))
     return 0 if any(r.get("reachable") for r in rows) else 1
 
 

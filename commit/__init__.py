@@ -8,8 +8,11 @@
 ``commit.connect_sync`` is the blocking twin for scripts and the REPL.
 """
 
-from commit.client import ClientStatistics, Database, Versioned, connect
+from commit.client import ClientStatistics, Database, connect
 from commit.config import ClusterConfig, ConfigError, load_config
+from commit.errors import CommitUnknown, Conflict
+from commit.transaction import Transaction, transactional
+from commit.values import Versioned
 from commit.sync_client import SyncDatabase, connect_sync
 from consensus.errors import (
     ClusterError,
@@ -26,6 +29,8 @@ __all__ = [
     "ClientStatistics",
     "ClusterConfig",
     "ClusterError",
+    "CommitUnknown",
+    "Conflict",
     "ConfigError",
     "Database",
     "InternalError",
@@ -34,10 +39,12 @@ __all__ = [
     "SessionExpired",
     "SyncDatabase",
     "Timeout",
+    "Transaction",
     "Unauthorized",
     "Unavailable",
     "Versioned",
     "connect",
     "connect_sync",
     "load_config",
+    "transactional",
 ]

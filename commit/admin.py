@@ -17,6 +17,8 @@ from consensus.errors import ClusterError
 from consensus.rpc import open_rpc_client
 
 STATUS_COLUMNS = ("node", "group", "role", "leader", "term", "commit_index", "applied_index", "reachable")
+TXN_COLUMNS = ("node", "protocol", "committed", "aborted")
+IN_DOUBT_COLUMNS = ("node", "txid", "protocol", "participants", "state", "age_s")
 
 
 async def node_call(config: ClusterConfig, node_id: str, method: str, params: dict[str, Any]) -> Any:
@@ -29,30 +31,45 @@ async def node_call(config: ClusterConfig, node_id: str, method: str, params: di
             return await conn.call(method, params)
 
 
-async def _node_rows(config: ClusterConfig, node_id: str) -> list[dict[str, Any]]:
+async def _node_report(config: ClusterConfig, node_id: str) -> dict[str, Any]:
     try:
         reply = await node_call(config, node_id, "node.status", {})
     except (ClusterError, trio.TooSlowError) as exc:
         error = str(exc) or type(exc).__name__
-        return [
+        groups = [
             {"node": node_id, "group": g.name, "reachable": False, "error": error}
             for g in config.groups()
             if node_id in g.members
         ]
-    return [dict(row, reachable=True) for row in reply["groups"]]
+        return {"groups": groups, "transactions": [], "in_doubt": []}
+    transactions = [
+        {"node": node_id, "protocol": protocol, **counts}
+        for protocol, counts in reply.get("transactions", {}).items()
+    ]
+    in_doubt = [{"node": node_id, **row} for row in reply.get("in_doubt", [])]
+    groups = [dict(row, reachable=True) for row in reply["groups"]]
+    return {"groups": groups, "transactions": transactions, "in_doubt": in_doubt}
 
 
-async def cluster_status(config: ClusterConfig) -> list[dict[str, Any]]:
-    """One row per group replica, every node queried concurrently."""
-    results: dict[str, list[dict[str, Any]]] = {}
+async def cluster_report(config: ClusterConfig) -> dict[str, list[dict[str, Any]]]:
+    """Every node queried concurrently: group replica rows, transaction counters, in-doubt transactions."""
+    results: dict[str, dict[str, Any]] = {}
 
     async def collect(node_id: str) -> None:
-        results[node_id] = await _node_rows(config, node_id)
+        results[node_id] = await _node_report(config, node_id)
 
     async with trio.open_nursery() as nursery:
         for node in config.nodes:
             nursery.start_soon(collect, node.id)
-    return [row for node in config.nodes for row in results[node.id]]
+    return {
+        part: [row for node in config.nodes for row in results[node.id][part]]
+        for part in ("groups", "transactions", "in_doubt")
+    }
+
+
+async def cluster_status(config: ClusterConfig) -> list[dict[str, Any]]:
+    """One row per group replica."""
+    return (await cluster_report(config))["groups"]
 
 
 def leaderless_groups(rows: list[dict[str, Any]], config: ClusterConfig) -> list[str]:

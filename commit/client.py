@@ -17,29 +17,28 @@ from __future__ import annotations
 
 import os
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, TypeVar
 
-import msgpack
 import trio
 
 from commit.config import COORDINATOR_GROUP, ClusterConfig, load_config, shard_group
 from commit.routing import Key, key_bytes, shard_of
+from commit.errors import Conflict
+from commit.peers import Peers
+from commit.transaction import Transaction, run as run_transaction
+from commit.txids import check_txid
+from commit.values import Versioned, pack_value, unpack_value
 from consensus.errors import ClusterError, InvalidRequest, NotLeader, Timeout, Unavailable
 from consensus.rpc import RpcClient, run_rpc_client
 from consensus.tasks import open_helper_nursery
 
 
-class Versioned(NamedTuple):
-    """A read: the value (None if absent), its version, and whether the key exists."""
-
-    value: Any
-    version: int
-    exists: bool
+R = TypeVar("R")
 
 
 @dataclass
@@ -48,17 +47,6 @@ class ClientStatistics:
     attempts: int = 0
     redirects: int = 0
     retries: int = 0
-
-
-def pack_value(value: Any) -> bytes:
-    try:
-        return msgpack.packb(value, use_bin_type=True)
-    except (TypeError, ValueError, OverflowError) as exc:
-        raise InvalidRequest(f"value is not msgpack-serialisable: {exc}") from None
-
-
-def unpack_value(packed: bytes | None) -> Any:
-    return None if packed is None else msgpack.unpackb(packed, raw=False, strict_map_key=False)
 
 
 class Database:
@@ -90,14 +78,19 @@ class Database:
         reply = await self._request(group, "kv.get", {"key": raw}, write=False)
         return Versioned(unpack_value(reply["value"]), reply["version"], reply["exists"])
 
-    async def put(self, key: Key, value: Any) -> int:
-        """Store ``value`` under ``key``; returns the new version."""
-        group, raw = self._group_of(key)
+    def checked_value(self, value: Any) -> bytes:
+        """``value`` packed with msgpack, or InvalidRequest if it cannot be stored."""
         packed = pack_value(value)
         if len(packed) > self.config.limits.max_value_bytes:
             raise InvalidRequest(
                 f"value of {len(packed)} bytes exceeds the limit of {self.config.limits.max_value_bytes} bytes"
             )
+        return packed
+
+    async def put(self, key: Key, value: Any) -> int:
+        """Store ``value`` under ``key``; returns the new version. Waits out a prepared transaction's lock."""
+        group, raw = self._group_of(key)
+        packed = self.checked_value(value)
         reply = await self._request(group, "kv.put", {"key": raw, "value": packed}, write=True)
         return reply["version"]
 
@@ -106,6 +99,26 @@ class Database:
         group, raw = self._group_of(key)
         reply = await self._request(group, "kv.delete", {"key": raw}, write=True)
         return reply["version"]
+
+    @asynccontextmanager
+    async def transaction(self, protocol: str | None = None) -> AsyncIterator[Transaction]:
+        """A transaction that commits on a clean exit and aborts on an exception (no retry: see ``run``)."""
+        tx = Transaction(self, protocol)
+        try:
+            yield tx
+        except BaseException:
+            await tx.abort()
+            raise
+        if tx.state == "open":
+            await tx.commit()
+
+    async def run(self, fn: Callable[..., Awaitable[R]], *args: Any, protocol: str | None = None) -> R:
+        """Run ``fn(tx, *args)`` and commit, retrying on conflict; see ``commit.transaction``."""
+        return await run_transaction(self, fn, *args, protocol=protocol)
+
+    async def status(self, txid: str) -> str:
+        """``committed``, ``aborted`` or ``pending``: asks the authority for txid (unknown means aborted)."""
+        return await Peers(self).status(check_txid(txid))
 
     async def new_epoch(self) -> int:
         """A fresh number from the coordinator group, larger than any handed out before."""
@@ -132,19 +145,33 @@ class Database:
             self._connections[node_id] = conn
             return conn
 
-    def _next_member(self, group: str, after: str | None) -> str:
+    def _fallback(self, group: str | None, failed: str, pinned: str | None) -> str:
+        """The node to try after ``failed`` did not serve ``group``: the next member, or the pinned node again."""
+        if pinned is not None or group is None:
+            return pinned or failed
+        self._leaders.pop(group, None)
         members = self._members[group]
-        if after not in members:
+        if failed not in members:
             return members[0]
-        return members[(members.index(after) + 1) % len(members)]
+        return members[(members.index(failed) + 1) % len(members)]
 
     async def _backoff(self, attempt: int) -> None:
         t = self.config.timeouts
         await trio.sleep(random.uniform(0, min(t.backoff_max_s, t.backoff_initial_s * 2**attempt)))
 
+    async def call_group(self, group: str, method: str, params: dict[str, Any]) -> dict[str, Any]:
+        """An idempotent request to ``group``'s leader, retried through redirects and failures."""
+        return await self._request(group, method, params, write=False)
+
+    async def call_node(self, node_id: str, method: str, params: dict[str, Any]) -> dict[str, Any]:
+        """An idempotent request to one node, retried until the deadline while it is unreachable."""
+        self._stats.requests += 1
+        return await self._attempts(None, method, params, 0, pinned=node_id)
+
     async def _request(
         self, group: str, method: str, params: dict[str, Any], *, write: bool
     ) -> dict[str, Any]:
+        """A request routed to ``group``'s leader; a write carries a session and waits out locks."""
         self._stats.requests += 1
         seq = 0
         if write:
@@ -156,46 +183,52 @@ class Database:
         finally:
             self._outstanding[group].discard(seq)
 
-    async def _attempts(self, group: str, method: str, params: dict[str, Any], seq: int) -> dict[str, Any]:
+    async def _attempts(
+        self, group: str | None, method: str, params: dict[str, Any], seq: int, pinned: str | None = None
+    ) -> dict[str, Any]:
         timeouts = self.config.timeouts
         deadline = trio.current_time() + timeouts.client_deadline_s
-        node = self._leaders.get(group) or self._members[group][0]
+        target = f"node {pinned}" if pinned is not None else group
+        node = pinned or self._leaders.get(group or "") or self._members[group or ""][0]
         maybe_applied = False
         last_error: ClusterError | None = None
         failures = 0
         while True:
             remaining = deadline - trio.current_time()
             if remaining <= 0:
-                message = f"{method} on {group} gave up after {timeouts.client_deadline_s}s: {last_error}"
+                message = f"{method} on {target} gave up after {timeouts.client_deadline_s}s: {last_error}"
                 if maybe_applied:
                     raise Timeout(message, maybe_applied=True)
                 raise Unavailable(message)
             self._stats.attempts += 1
-            if seq:
+            if seq and group is not None:
                 params["session"] = [self.client_id, seq, min(self._outstanding[group])]
             try:
                 with trio.fail_after(min(timeouts.client_attempt_s, remaining)):
                     conn = await self._connection(node)
                     reply = await conn.call(method, params)
-                self._leaders[group] = node
+                if group is not None:
+                    self._leaders[group] = node
                 return reply
             except NotLeader as exc:
                 self._stats.redirects += 1
                 last_error = exc
-                if exc.leader is not None and exc.leader != node:
+                if pinned is None and exc.leader is not None and exc.leader != node:
                     node = exc.leader
                     continue
-                node = self._next_member(group, node)
+                node = self._fallback(group, node, pinned)
+            except Conflict as exc:
+                if not (seq and exc.retryable):
+                    raise
+                last_error = exc  # a single-key write waits out a prepared transaction's lock
             except (Unavailable, Timeout) as exc:
                 last_error = exc
                 maybe_applied |= exc.maybe_applied
-                self._leaders.pop(group, None)
-                node = self._next_member(group, node)
+                node = self._fallback(group, node, pinned)
             except trio.TooSlowError:
                 last_error = Timeout(f"no answer from {node} within the attempt timeout")
                 maybe_applied = True
-                self._leaders.pop(group, None)
-                node = self._next_member(group, node)
+                node = self._fallback(group, node, pinned)
             self._stats.retries += 1
             await self._backoff(failures)
             failures += 1
@@ -207,3 +240,4 @@ async def connect(config: str | Path | ClusterConfig = "cluster.toml") -> AsyncI
     cfg = config if isinstance(config, ClusterConfig) else load_config(config)
     async with open_helper_nursery() as nursery:
         yield Database(cfg, nursery)
+

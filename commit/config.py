@@ -59,6 +59,22 @@ class Timeouts:
     startup_s: float = 30.0
 
 
+PROTOCOLS = ("2pc", "raft-2pc")
+
+
+@dataclass(frozen=True)
+class Transactions:
+    default_protocol: str = "raft-2pc"
+    twopc_coordinator: str = ""  # node id of the single 2pc coordinator; "" means the first node
+    vote_timeout_s: float = 2.0
+    decision_resend_s: float = 0.5
+    in_doubt_timeout_s: float = 1.0
+    resolve_interval_s: float = 0.25
+    lock_wait_s: float = 0.05
+    retry_limit: int = 100
+    fault_hooks: bool = False  # test-only: lets RPC hold a coordinator at a named step
+
+
 @dataclass(frozen=True)
 class GroupLayout:
     name: str
@@ -80,6 +96,14 @@ class ClusterConfig:
     limits: Limits = field(default_factory=Limits)
     timeouts: Timeouts = field(default_factory=Timeouts)
     raft: RaftSettings = field(default_factory=RaftSettings)
+    transactions: Transactions = field(default_factory=Transactions)
+
+    @property
+    def twopc_coordinator(self) -> str:
+        return self.transactions.twopc_coordinator or self.nodes[0].id
+
+    def shard_names(self) -> tuple[str, ...]:
+        return tuple(shard_group(i) for i in range(self.shard_count))
 
     def node(self, node_id: str) -> NodeConfig:
         for node in self.nodes:
@@ -183,6 +207,8 @@ def _dataclass_from(table: _Table, cls: type) -> Any:
         default = getattr(defaults, name)
         if isinstance(default, bool):
             values[name] = table.take(name, bool, default)
+        elif isinstance(default, str):
+            values[name] = table.take(name, str, default)
         else:
             values[name] = table.positive(name, default)
     table.done()
@@ -199,6 +225,16 @@ def _members(table: _Table, key: str, node_ids: list[str]) -> tuple[str, ...]:
     if len(set(members)) != len(members):
         raise table.fail(key, "lists a node twice")
     return tuple(members)
+
+
+def _transactions(table: _Table, node_ids: list[str]) -> Transactions:
+    where = _Table(table.path, table.where, dict(table.data))
+    txn = _dataclass_from(table, Transactions)
+    if txn.default_protocol not in PROTOCOLS:
+        raise where.fail("default_protocol", f"must be one of {', '.join(PROTOCOLS)}, got {txn.default_protocol!r}")
+    if txn.twopc_coordinator and txn.twopc_coordinator not in node_ids:
+        raise where.fail("twopc_coordinator", f"unknown node id {txn.twopc_coordinator!r}; [[nodes]] defines {node_ids}")
+    return txn
 
 
 def _port(table: _Table, key: str) -> int:
@@ -263,6 +299,7 @@ def parse_config(text: str, path: Path) -> ClusterConfig:
         limits=_dataclass_from(top.table("limits"), Limits),
         timeouts=_dataclass_from(top.table("timeouts"), Timeouts),
         raft=_dataclass_from(top.table("raft"), RaftSettings),
+        transactions=_transactions(top.table("transactions"), node_ids),
     )
     top.done()
     _check_ports(config)

@@ -1,27 +1,89 @@
-"""The coordinator group's state machine.
+"""The coordinator group's state machine: epochs and ``raft-2pc`` transaction records.
 
-The coordinator group is where transaction managers keep what must outlive
-any one process. Today that is the epoch counter: a node asks for a fresh
-epoch when it starts, and ids it makes as ``(epoch, counter)`` can never
-repeat across restarts, because the epoch is Raft-replicated and only grows.
-Transaction records join it with the commit protocols.
+A ``raft-2pc`` transaction is recorded here before any PREPARE is sent
+(``begin``: txid and participants), and its outcome is set exactly once by
+compare-and-set (``decide``): the first decision replicated wins, and every
+later ``decide`` gets that one back. Because the record is a Raft entry, a
+new leader of the coordinator group finds every transaction that was in
+flight under the old one (``in_flight``) and finishes it.
+
+``fence`` is presumed abort made safe: asked about a txid it has no record
+of, the group records it as aborted, so a ``begin`` that arrives later (an
+old leader's proposal, delayed) learns the outcome instead of starting it.
+
+Pure and deterministic, like every replicated state machine here.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Any
 
 from consensus.errors import InvalidRequest
 
+COMMITTED = "committed"
+ABORTED = "aborted"
+PENDING = "pending"
+
+
+@dataclass(slots=True)
+class TxnRecord:
+    participants: tuple[str, ...]
+    outcome: str | None = None
+
 
 class CoordinatorState:
-    def __init__(self) -> None:
+    def __init__(self, max_decided: int = 100_000) -> None:
         self.epoch = 0
+        self.txns: dict[str, TxnRecord] = {}
+        self.decided: OrderedDict[str, str] = OrderedDict()
+        self.max_decided = max_decided
+
+    def outcome_of(self, txid: str) -> str | None:
+        record = self.txns.get(txid)
+        if record is not None:
+            return record.outcome or PENDING
+        return self.decided.get(txid)
+
+    def in_flight(self) -> list[tuple[str, TxnRecord]]:
+        """Transactions not yet finished, in the order they began."""
+        return list(self.txns.items())
 
     def apply(self, command: Any) -> Any:
         match command:
             case ("new_epoch",):
                 self.epoch += 1
                 return self.epoch
+            case ("begin", str() as txid, tuple() as participants):
+                known = self.outcome_of(txid)
+                if known is not None:
+                    return known
+                self.txns[txid] = TxnRecord(participants)
+                return PENDING
+            case ("decide", str() as txid, str() as outcome) if outcome in (COMMITTED, ABORTED):
+                return self._decide(txid, outcome)
+            case ("fence", str() as txid):
+                known = self.outcome_of(txid)
+                return known if known is not None else self._decide(txid, ABORTED)
+            case ("finish", str() as txid):
+                record = self.txns.get(txid)
+                if record is not None and record.outcome is not None:
+                    del self.txns[txid]
+                return self.decided.get(txid)
             case _:
                 raise InvalidRequest(f"unknown coordinator command {command!r:.80}")
+
+    def _decide(self, txid: str, outcome: str) -> str:
+        record = self.txns.get(txid)
+        if record is not None:
+            if record.outcome is None:
+                record.outcome = outcome
+            final = record.outcome
+        else:
+            final = self.decided.get(txid, outcome)
+        if txid not in self.decided:
+            self.decided[txid] = final
+            while len(self.decided) > self.max_decided:
+                self.decided.popitem(last=False)
+        return final

@@ -1,4 +1,15 @@
-"""A node process's body: its replica groups and its RPC server, in one trio run."""
+"""A node process's body: its replica groups, its transaction managers, its RPC server, in one trio run.
+
+Tasks the node runs, all in one nursery (nothing in the background that
+outlives ``serve_node``):
+
+* the RPC server;
+* the in-doubt resolver for the shards this node leads;
+* the coordinator-group watcher: when this node becomes the group's leader,
+  it resumes every ``raft-2pc`` transaction the old leader left in flight;
+* on the ``2pc`` coordinator node, the transactions its log says were decided
+  but not yet acknowledged by every shard are resumed at start.
+"""
 
 from __future__ import annotations
 
@@ -7,18 +18,42 @@ from functools import partial
 
 import trio
 
+from commit.client import connect
 from commit.config import COORDINATOR_GROUP, ClusterConfig
+from commit.coordinating import FaultHooks, LocalLogStore, RaftStore, TransactionManager, recover_in_flight
 from commit.coordinator import CoordinatorState
+from commit.peers import Peers
+from commit.resolver import InDoubtResolver
 from commit.service import NodeService
 from commit.shard import ShardState
-from consensus.group import StateMachine, open_replica_groups
+from commit.txlog import DecisionLog
+from consensus.errors import ClusterError
+from consensus.group import ReplicaGroup, StateMachine, open_replica_groups
 from consensus.rpc import serve_rpc
 
 log = logging.getLogger(__name__)
 
+LEADERSHIP_POLL_S = 0.1
+
 
 def _machine_for(group_name: str) -> StateMachine:
     return CoordinatorState() if group_name == COORDINATOR_GROUP else ShardState()
+
+
+async def _watch_coordinator_leadership(manager: TransactionManager, group: ReplicaGroup) -> None:
+    leading = False
+    while True:
+        now_leading = group.is_leader()
+        if now_leading and not leading:
+            try:
+                with trio.fail_after(5):
+                    resumed = await recover_in_flight(manager, group)
+                log.info("leading %s: resumed %d in-flight raft-2pc transactions", group.name, resumed)
+            except (ClusterError, trio.TooSlowError) as exc:
+                log.warning("leading %s, but could not read its records yet: %r", group.name, exc)
+                now_leading = False
+        leading = now_leading
+        await trio.sleep(LEADERSHIP_POLL_S)
 
 
 async def serve_node(
@@ -32,21 +67,43 @@ async def serve_node(
     config.node_dir(node_id).mkdir(parents=True, exist_ok=True)
     token = trio.lowlevel.current_trio_token()
     specs = [(spec, _machine_for(spec.name)) for spec in config.group_specs(node_id)]
+    txn = config.transactions
+    hooks = FaultHooks(txn.fault_hooks)
     with open_replica_groups(specs, token) as groups:
-        service = NodeService(config, node_id, groups)
-        async with trio.open_nursery() as nursery:
+        async with connect(config) as peer_db, trio.open_nursery() as nursery:
+            peers = Peers(peer_db)
+
+            def manager(protocol: str, store: LocalLogStore | RaftStore) -> TransactionManager:
+                return TransactionManager(
+                    protocol, store, peers, vote_timeout_s=txn.vote_timeout_s,
+                    resend_s=txn.decision_resend_s, hooks=hooks, nursery=nursery,
+                )
+
+            managers: dict[str, TransactionManager] = {}
+            coord = groups.get(COORDINATOR_GROUP)
+            if coord is not None:
+                managers["raft-2pc"] = manager("raft-2pc", RaftStore(coord))
+                nursery.start_soon(_watch_coordinator_leadership, managers["raft-2pc"], coord)
+            if node_id == config.twopc_coordinator:
+                decision_log = DecisionLog(config.node_dir(node_id) / "2pc.log")
+                managers["2pc"] = manager("2pc", LocalLogStore(decision_log))
+                for txid, logged in decision_log.unfinished():
+                    managers["2pc"].resume(txid, logged.participants, logged.outcome)
+            shards = {name: g for name, g in groups.items() if name != COORDINATOR_GROUP}
+            resolver = InDoubtResolver(
+                shards, peers, timeout_s=txn.in_doubt_timeout_s, interval_s=txn.resolve_interval_s,
+                ask_timeout_s=config.timeouts.request_s,
+            )
+            nursery.start_soon(resolver.run)
+            service = NodeService(config, node_id, groups, managers, resolver, hooks)
             await nursery.start(
                 partial(
-                    serve_rpc,
-                    service.router(),
-                    node_id=node_id,
-                    host=node.host,
-                    port=node.rpc_port,
-                    settings=config.rpc_settings(),
+                    serve_rpc, service.router(), node_id=node_id, host=node.host,
+                    port=node.rpc_port, settings=config.rpc_settings(),
                 )
             )
             log.info(
-                "node %s serving RPC on %s:%d, groups %s",
-                node_id, node.host, node.rpc_port, ", ".join(groups),
+                "node %s serving RPC on %s:%d, groups %s, coordinating %s",
+                node_id, node.host, node.rpc_port, ", ".join(groups), ", ".join(managers) or "nothing",
             )
             task_status.started(service)

@@ -3,20 +3,28 @@
 Every parameter is checked here, at the edge, before anything is proposed:
 a request with a wrong type or size is answered with ``invalid_request`` and
 changes nothing. A request for a group this node does not lead is answered
-with ``not_leader`` and the leader's id, so the client goes there directly
-(one hop, instead of PySyncObj forwarding through a follower).
+with ``not_leader`` and the leader's id, so the client goes there directly.
 
 Methods (params -> result):
 
-    kv.get        {key}                     -> {value, version, exists}
-    kv.put        {key, value, session}     -> {version}
-    kv.delete     {key, session}            -> {version}
-    coord.epoch   {session}                 -> {epoch}
-    node.status   {}                        -> {node, groups: [...]}
-    node.compact  {}                        -> {groups: [...]}   (forces log compaction)
+    kv.get           {key}                          -> {value, version, exists}
+    kv.put           {key, value, session}          -> {version}
+    kv.delete        {key, session}                 -> {version}
+    txn.commit       {txid, participants}           -> {outcome}     coordinator of txid's protocol
+    txn.commit_one   {txid, shard, reads, writes}   -> {outcome}     leader of the one shard
+    txn.status       {txid}                         -> {outcome}     coordinator (fences unknown txids)
+    shard.prepare    {txid, shard, reads, writes}   -> {vote, reason?}
+    shard.query      {txid, shard}                  -> {state}       (fences unknown txids)
+    shard.decide     {txid, shard, outcome}         -> {state}
+    coord.epoch      {session}                      -> {epoch}
+    node.status      {}                             -> {node, groups, transactions, in_doubt}
+    node.compact     {}                             -> {groups}
+    test.hold        {point}                        -> {}            only with transactions.fault_hooks
 
 ``session`` is ``[client_id (16 bytes), seq, low_water]`` (see
-``consensus.sessions``); ``value`` is bytes (the client packs it).
+``consensus.sessions``); values are bytes (the client packs them).
+``participants`` maps a shard name to ``{reads: [[key, version]...],
+writes: [[key, value or nil]...]}``.
 """
 
 from __future__ import annotations
@@ -27,14 +35,19 @@ from typing import Any
 import trio
 
 from commit.config import COORDINATOR_GROUP, ClusterConfig, shard_group
-from commit.coordinator import CoordinatorState
+from commit.coordinating import FaultHooks, TransactionManager
+from commit.coordinator import ABORTED, COMMITTED, CoordinatorState
+from commit.errors import CommitUnknown, Conflict
+from commit.resolver import InDoubtResolver
 from commit.routing import key_bytes, shard_of
 from commit.shard import ShardState
-from consensus.errors import InvalidRequest, NotLeader, Timeout
+from commit.txids import ONE_PHASE, authority_of, check_txid
+from consensus.errors import InvalidRequest, NotLeader, Timeout, Unavailable
 from consensus.group import ReplicaGroup
 from consensus.sessions import SessionRef
 
 CLIENT_ID_BYTES = 16
+LOCK_POLL_S = 0.002
 
 
 def _session(params: dict[str, Any]) -> SessionRef:
@@ -53,72 +66,224 @@ def _session(params: dict[str, Any]) -> SessionRef:
 
 
 class NodeService:
-    def __init__(self, config: ClusterConfig, node_id: str, groups: dict[str, ReplicaGroup]) -> None:
+    def __init__(
+        self,
+        config: ClusterConfig,
+        node_id: str,
+        groups: dict[str, ReplicaGroup],
+        managers: dict[str, TransactionManager],
+        resolver: InDoubtResolver,
+        hooks: FaultHooks,
+    ) -> None:
         self.config = config
         self.node_id = node_id
         self.groups = groups
+        self.managers = managers
+        self.resolver = resolver
+        self.hooks = hooks
+        self.one_phase: dict[str, int] = {COMMITTED: 0, ABORTED: 0}
 
     def router(self) -> dict[str, Callable[[dict[str, Any]], Awaitable[Any]]]:
         return {
             "kv.get": self.kv_get,
             "kv.put": self.kv_put,
             "kv.delete": self.kv_delete,
+            "txn.commit": self.txn_commit,
+            "txn.commit_one": self.txn_commit_one,
+            "txn.status": self.txn_status,
+            "shard.prepare": self.shard_prepare,
+            "shard.query": self.shard_query,
+            "shard.decide": self.shard_decide,
             "coord.epoch": self.coord_epoch,
             "node.status": self.node_status,
             "node.compact": self.node_compact,
+            "test.hold": self.test_hold,
         }
 
-    def _key(self, params: dict[str, Any]) -> bytes:
+    # -- validation -----------------------------------------------------------------
+
+    def _key(self, raw: Any) -> bytes:
+        return key_bytes(raw, self.config.limits.max_key_bytes)
+
+    def _key_param(self, params: dict[str, Any]) -> bytes:
         if "key" not in params:
             raise InvalidRequest("missing param 'key'")
-        return key_bytes(params["key"], self.config.limits.max_key_bytes)
+        return self._key(params["key"])
 
-    def _leading(self, name: str) -> ReplicaGroup:
-        group = self.groups.get(name)
-        if group is None:
-            raise NotLeader(f"node {self.node_id} hosts no replica of {name}", leader=None)
-        if not group.is_leader():
-            leader = group.leader_id()
-            raise NotLeader(f"node {self.node_id} does not lead {name}", leader=leader)
-        return group
-
-    def _shard_for(self, key: bytes) -> ReplicaGroup:
-        return self._leading(shard_group(shard_of(key, self.config.shard_count)))
-
-    async def _propose(self, group: ReplicaGroup, command: Any, session: SessionRef) -> Any:
-        with trio.move_on_after(self.config.timeouts.request_s):
-            return await group.propose(command, session)
-        raise Timeout(f"{group.name}: not replicated within {self.config.timeouts.request_s}s")
-
-    async def kv_get(self, params: dict[str, Any]) -> dict[str, Any]:
-        key = self._key(params)
-        group = self._shard_for(key)
-        with trio.move_on_after(self.config.timeouts.request_s):
-            await group.read_barrier()
-            machine = group.machine
-            assert isinstance(machine, ShardState)
-            cell = machine.read(key)
-            return {"value": cell.value, "version": cell.version, "exists": cell.value is not None}
-        raise Timeout(f"{group.name}: read barrier not replicated in time", maybe_applied=False)
-
-    async def kv_put(self, params: dict[str, Any]) -> dict[str, Any]:
-        key = self._key(params)
-        value = params.get("value")
+    def _value(self, value: Any, allow_none: bool = False) -> bytes | None:
+        if value is None and allow_none:
+            return None
         if not isinstance(value, bytes):
             raise InvalidRequest(f"value must be bytes (msgpack-packed), got {type(value).__name__}")
         if len(value) > self.config.limits.max_value_bytes:
             raise InvalidRequest(
                 f"value of {len(value)} bytes exceeds the limit of {self.config.limits.max_value_bytes} bytes"
             )
+        return value
+
+    def _shard_name(self, raw: Any) -> str:
+        if raw not in self.config.shard_names():
+            raise InvalidRequest(f"unknown shard {raw!r:.40}")
+        return raw
+
+    def _payload(self, params: dict[str, Any], shard: str) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
+        reads, writes = params.get("reads"), params.get("writes")
+        if not isinstance(reads, list) or not isinstance(writes, list):
+            raise InvalidRequest("reads and writes must be arrays")
+        checked_reads = []
+        for item in reads:
+            if not (isinstance(item, list) and len(item) == 2 and isinstance(item[1], int)
+                    and not isinstance(item[1], bool) and item[1] >= 0):
+                raise InvalidRequest("each read must be [key, version >= 0]")
+            checked_reads.append((self._key(item[0]), item[1]))
+        checked_writes = []
+        for item in writes:
+            if not (isinstance(item, list) and len(item) == 2):
+                raise InvalidRequest("each write must be [key, value or nil]")
+            checked_writes.append((self._key(item[0]), self._value(item[1], allow_none=True)))
+        for key, _ in checked_reads + checked_writes:
+            if shard_group(shard_of(key, self.config.shard_count)) != shard:
+                raise InvalidRequest(f"key {key!r:.40} does not belong to {shard}")
+        return tuple(checked_reads), tuple(checked_writes)
+
+    def _leading(self, name: str) -> ReplicaGroup:
+        group = self.groups.get(name)
+        if group is None:
+            raise NotLeader(f"node {self.node_id} hosts no replica of {name}", leader=None)
+        if not group.is_leader():
+            raise NotLeader(f"node {self.node_id} does not lead {name}", leader=group.leader_id())
+        return group
+
+    def _shard_for(self, key: bytes) -> ReplicaGroup:
+        return self._leading(shard_group(shard_of(key, self.config.shard_count)))
+
+    def _manager(self, txid: str) -> TransactionManager:
+        protocol, _ = authority_of(txid)
+        if protocol == "2pc":
+            if self.node_id != self.config.twopc_coordinator:
+                raise NotLeader(f"2pc transactions are coordinated by {self.config.twopc_coordinator}",
+                                leader=self.config.twopc_coordinator)
+            return self.managers["2pc"]
+        if protocol == "raft-2pc":
+            self._leading(COORDINATOR_GROUP)
+            return self.managers["raft-2pc"]
+        raise InvalidRequest(f"{txid} is not a coordinated transaction")
+
+    async def _within_request_timeout(self, what: str, work: Callable[[], Awaitable[Any]], maybe_applied: bool) -> Any:
+        with trio.move_on_after(self.config.timeouts.request_s):
+            return await work()
+        raise Timeout(f"{what}: no result within {self.config.timeouts.request_s}s", maybe_applied=maybe_applied)
+
+    async def _propose(self, group: ReplicaGroup, command: Any, session: SessionRef | None = None) -> Any:
+        return await self._within_request_timeout(group.name, lambda: group.propose(command, session), True)
+
+    # -- single keys ----------------------------------------------------------------
+
+    async def kv_get(self, params: dict[str, Any]) -> dict[str, Any]:
+        key = self._key_param(params)
+        group = self._shard_for(key)
+        return await self._within_request_timeout(group.name, lambda: self._read_unlocked(group, key), False)
+
+    async def _read_unlocked(self, group: ReplicaGroup, key: bytes) -> dict[str, Any]:
+        """Linearizable read that never returns a value a prepared transaction is about to change."""
+        await group.read_barrier()
+        patience = trio.current_time() + self.config.transactions.lock_wait_s
+        while True:
+            machine = group.machine
+            assert isinstance(machine, ShardState)
+            writer = machine.writer_of(key)
+            if writer is None:
+                cell = machine.read(key)
+                return {"value": cell.value, "version": cell.version, "exists": cell.value is not None}
+            if trio.current_time() < patience:
+                await trio.sleep(LOCK_POLL_S)
+                continue
+            learned = await self.resolver.resolve(group, writer)
+            if learned not in (COMMITTED, ABORTED):
+                raise Unavailable(f"{key!r:.60} is locked by in-doubt transaction {writer} ({learned})",
+                                  txid=writer)
+
+    async def kv_put(self, params: dict[str, Any]) -> dict[str, Any]:
+        key = self._key_param(params)
+        value = self._value(params.get("value"))
         session = _session(params)
         version = await self._propose(self._shard_for(key), ("put", key, value), session)
         return {"version": version}
 
     async def kv_delete(self, params: dict[str, Any]) -> dict[str, Any]:
-        key = self._key(params)
+        key = self._key_param(params)
         session = _session(params)
         version = await self._propose(self._shard_for(key), ("delete", key), session)
         return {"version": version}
+
+    # -- transactions: coordinator side ---------------------------------------------
+
+    async def txn_commit(self, params: dict[str, Any]) -> dict[str, Any]:
+        txid = check_txid(params.get("txid"))
+        participants = params.get("participants")
+        if not isinstance(participants, dict) or len(participants) < 2:
+            raise InvalidRequest("participants must map at least two shard names to their reads and writes")
+        payloads = {}
+        for shard, payload in participants.items():
+            name = self._shard_name(shard)
+            if not isinstance(payload, dict):
+                raise InvalidRequest(f"participant {name}: expected {{reads, writes}}")
+            reads, writes = self._payload(payload, name)
+            payloads[name] = {"reads": [list(r) for r in reads], "writes": [list(w) for w in writes]}
+        manager = self._manager(txid)
+        outcome, reason = await manager.commit(txid, payloads)
+        if outcome == COMMITTED:
+            return {"outcome": COMMITTED}
+        if outcome == ABORTED:
+            raise Conflict(f"{txid} aborted: {reason}", txid=txid)
+        raise CommitUnknown(f"{txid}: {reason}", txid=txid)
+
+    async def txn_status(self, params: dict[str, Any]) -> dict[str, Any]:
+        txid = check_txid(params.get("txid"))
+        manager = self._manager(txid)
+        outcome = await self._within_request_timeout("txn.status", lambda: manager.status(txid), True)
+        return {"outcome": outcome}
+
+    # -- transactions: participant side ---------------------------------------------
+
+    def _participant(self, params: dict[str, Any]) -> tuple[str, ReplicaGroup]:
+        txid = check_txid(params.get("txid"))
+        return txid, self._leading(self._shard_name(params.get("shard")))
+
+    async def txn_commit_one(self, params: dict[str, Any]) -> dict[str, Any]:
+        txid, group = self._participant(params)
+        if authority_of(txid) != (ONE_PHASE, group.name):
+            raise InvalidRequest(f"{txid} is not a one-phase transaction of {group.name}")
+        reads, writes = self._payload(params, group.name)
+        try:
+            outcome = await self._propose(group, ("commit_one", txid, reads, writes))
+        except Conflict:
+            self.one_phase[ABORTED] += 1
+            raise
+        self.one_phase[COMMITTED] += 1
+        return {"outcome": outcome}
+
+    async def shard_prepare(self, params: dict[str, Any]) -> dict[str, Any]:
+        txid, group = self._participant(params)
+        reads, writes = self._payload(params, group.name)
+        vote = await self._propose(group, ("prepare", txid, reads, writes))
+        if vote == "yes":
+            return {"vote": "yes"}
+        return {"vote": "no", "reason": vote[1]}
+
+    async def shard_query(self, params: dict[str, Any]) -> dict[str, Any]:
+        txid, group = self._participant(params)
+        return {"state": await self._propose(group, ("refuse", txid))}
+
+    async def shard_decide(self, params: dict[str, Any]) -> dict[str, Any]:
+        txid, group = self._participant(params)
+        outcome = params.get("outcome")
+        if outcome not in (COMMITTED, ABORTED):
+            raise InvalidRequest("outcome must be 'committed' or 'aborted'")
+        command = ("commit" if outcome == COMMITTED else "abort", txid)
+        return {"state": await self._propose(group, command)}
+
+    # -- the rest -------------------------------------------------------------------
 
     async def coord_epoch(self, params: dict[str, Any]) -> dict[str, Any]:
         session = _session(params)
@@ -132,12 +297,27 @@ class NodeService:
             machine = group.machine
             if isinstance(machine, ShardState):
                 row["keys"] = machine.live_keys()
+                row["prepared"] = len(machine.prepared)
+                row["locks"] = len(machine.locks)
             elif isinstance(machine, CoordinatorState):
                 row["epoch"] = machine.epoch
+                row["in_flight"] = len(machine.txns)
             rows.append(row)
-        return {"node": self.node_id, "groups": rows}
+        now = trio.current_time()
+        transactions = {name: dict(m.outcomes) for name, m in self.managers.items()}
+        transactions[ONE_PHASE] = dict(self.one_phase)
+        transactions["resolved_in_doubt"] = dict(self.resolver.resolved)
+        in_doubt = [row for m in self.managers.values() for row in m.in_doubt(now)] + self.resolver.in_doubt(now)
+        return {"node": self.node_id, "groups": rows, "transactions": transactions, "in_doubt": in_doubt}
 
     async def node_compact(self, params: dict[str, Any]) -> dict[str, Any]:
         for group in self.groups.values():
             group.force_log_compaction()
         return {"groups": sorted(self.groups)}
+
+    async def test_hold(self, params: dict[str, Any]) -> dict[str, Any]:
+        point = params.get("point")
+        if not isinstance(point, str):
+            raise InvalidRequest("point must be a string")
+        self.hooks.arm(point)
+        return {}

@@ -1,22 +1,53 @@
-"""The shard state machine: keys to versioned values.
+"""The shard state machine: versioned keys, locks, and the participant side of commit.
 
 Pure and deterministic (it runs inside ``consensus.group`` on every replica):
-no clock, no randomness. A version is the shard's write counter at the time
-of the write, so versions of a key only grow, and a deleted key keeps a
-tombstone with its deletion version. That matters to the optimistic
-transactions built on top: a reader that saw "absent at version 7" can tell
-that the key was created and deleted again since (version 9), which it could
-not if deletion forgot the key.
+no clock, no randomness, no iteration over sets. Everything a participant in
+an atomic-commit protocol must remember is here, in replicated state, so a
+shard leader can crash at any point without the shard forgetting a vote.
 
-Values are opaque bytes here: the client packs them with msgpack.
+Versions: a version is the shard's write counter at the time of the write,
+so versions of a key only grow, and a deleted key keeps a tombstone with its
+deletion version (a reader that saw "absent at version 7" can tell the key
+was created and deleted since). Values are opaque bytes (msgpack from the
+client).
+
+Concurrency control is optimistic, validated at prepare (DESIGN.md section 6):
+
+``prepare(txid, reads, writes)``  ONE replicated command: every read version
+    must be unchanged and unlocked by others, every written key unlocked by
+    others; then shared locks on read keys, exclusive locks on written keys,
+    and the writes are recorded. A conflict votes NO at once (no waiting, so
+    no deadlock), and a NO is final: the shard records the txid as aborted.
+``commit(txid)`` / ``abort(txid)``  apply or drop the prepared writes and
+    release the locks. Idempotent.
+``refuse(txid)``  the question a recovering coordinator or a status query
+    asks: "what is your state for txid?". A shard that never prepared txid
+    records it as aborted before answering, so a PREPARE that arrives later
+    votes NO: this is what makes presumed abort safe.
+``commit_one(txid, reads, writes)``  one-phase commit of a single-shard
+    transaction: validate and apply in one command.
+``put`` / ``delete``  single-key writes; they fail with ``Conflict`` on a
+    locked key instead of breaking a prepared transaction's isolation.
+
+A participant never decides a prepared transaction on its own: only
+``commit`` or ``abort`` from the outcome of the coordinator ends it.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections import OrderedDict
+from dataclasses import dataclass, field
 from typing import Any
 
-from consensus.errors import InvalidRequest
+from commit.errors import Conflict
+from consensus.errors import InternalError, InvalidRequest
+
+COMMITTED = "committed"
+ABORTED = "aborted"
+PREPARED = "prepared"
+
+Reads = tuple[tuple[bytes, int], ...]
+Writes = tuple[tuple[bytes, bytes | None], ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,27 +59,176 @@ class Cell:
 ABSENT = Cell(None, 0)
 
 
+@dataclass(slots=True)
+class Lock:
+    exclusive: str | None = None
+    shared: dict[str, None] = field(default_factory=dict)  # ordered, unlike a set
+
+    def held_by_other(self, txid: str) -> str | None:
+        if self.exclusive is not None and self.exclusive != txid:
+            return self.exclusive
+        return next((t for t in self.shared if t != txid), None)
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    reads: Reads
+    writes: Writes
+
+
 class ShardState:
-    def __init__(self) -> None:
+    def __init__(self, max_decided: int = 100_000) -> None:
         self.cells: dict[bytes, Cell] = {}
         self.write_counter = 0
+        self.locks: dict[bytes, Lock] = {}
+        self.prepared: dict[str, Prepared] = {}
+        self.decided: OrderedDict[str, str] = OrderedDict()
+        self.max_decided = max_decided
+        self.outcomes = {COMMITTED: 0, ABORTED: 0}
+
+    # -- reads (local, after a read barrier) ---------------------------------------
 
     def read(self, key: bytes) -> Cell:
         return self.cells.get(key, ABSENT)
 
+    def writer_of(self, key: bytes) -> str | None:
+        """The prepared transaction that holds the exclusive lock on ``key``, if any."""
+        lock = self.locks.get(key)
+        return lock.exclusive if lock is not None else None
+
     def live_keys(self) -> int:
         return sum(1 for cell in self.cells.values() if cell.value is not None)
+
+    def state_of(self, txid: str) -> str | None:
+        if txid in self.prepared:
+            return PREPARED
+        return self.decided.get(txid)
+
+    # -- commands ------------------------------------------------------------------
 
     def apply(self, command: Any) -> Any:
         match command:
             case ("put", bytes() as key, bytes() as value):
+                self._check_unlocked(key)
                 return self._write(key, value)
             case ("delete", bytes() as key):
+                self._check_unlocked(key)
                 return self._write(key, None)
+            case ("prepare", str() as txid, tuple() as reads, tuple() as writes):
+                return self._prepare(txid, reads, writes)
+            case ("commit", str() as txid):
+                return self._commit(txid)
+            case ("abort", str() as txid):
+                return self._abort(txid)
+            case ("refuse", str() as txid):
+                state = self.state_of(txid)
+                if state is None:
+                    self._decide(txid, ABORTED)
+                    return ABORTED
+                return state
+            case ("commit_one", str() as txid, tuple() as reads, tuple() as writes):
+                return self._commit_one(txid, reads, writes)
             case _:
                 raise InvalidRequest(f"unknown shard command {command!r:.80}")
+
+    def _check_unlocked(self, key: bytes) -> None:
+        lock = self.locks.get(key)
+        holder = lock.held_by_other("") if lock is not None else None
+        if holder is not None:
+            raise Conflict(f"key {key!r:.60} is locked by transaction {holder}", txid=holder)
 
     def _write(self, key: bytes, value: bytes | None) -> int:
         self.write_counter += 1
         self.cells[key] = Cell(value, self.write_counter)
         return self.write_counter
+
+    def _conflict(self, txid: str, reads: Reads, writes: Writes) -> str | None:
+        """Why this transaction cannot prepare here, or None if it can."""
+        for key, version in reads:
+            current = self.read(key).version
+            if current != version:
+                return f"read of {key!r:.60} at version {version} is stale (now {current})"
+            lock = self.locks.get(key)
+            if lock is not None and lock.exclusive not in (None, txid):
+                return f"{key!r:.60} is being written by {lock.exclusive}"
+        for key, _ in writes:
+            lock = self.locks.get(key)
+            holder = lock.held_by_other(txid) if lock is not None else None
+            if holder is not None:
+                return f"{key!r:.60} is locked by {holder}"
+        return None
+
+    def _prepare(self, txid: str, reads: Reads, writes: Writes) -> Any:
+        state = self.state_of(txid)
+        if state == PREPARED or state == COMMITTED:
+            return "yes"
+        if state == ABORTED:
+            return ("no", f"{txid} was already aborted here")
+        reason = self._conflict(txid, reads, writes)
+        if reason is not None:
+            self._decide(txid, ABORTED)
+            return ("no", reason)
+        written = {key for key, _ in writes}
+        for key, _ in reads:
+            if key not in written:
+                self.locks.setdefault(key, Lock()).shared[txid] = None
+        for key in written:
+            self.locks.setdefault(key, Lock()).exclusive = txid
+        self.prepared[txid] = Prepared(reads, writes)
+        return "yes"
+
+    def _release(self, txid: str, prepared: Prepared) -> None:
+        for key in [k for k, _ in prepared.reads] + [k for k, _ in prepared.writes]:
+            lock = self.locks.get(key)
+            if lock is None:
+                continue
+            if lock.exclusive == txid:
+                lock.exclusive = None
+            lock.shared.pop(txid, None)
+            if lock.exclusive is None and not lock.shared:
+                del self.locks[key]
+
+    def _decide(self, txid: str, outcome: str) -> None:
+        self.decided[txid] = outcome
+        self.outcomes[outcome] += 1
+        while len(self.decided) > self.max_decided:
+            self.decided.popitem(last=False)
+
+    def _commit(self, txid: str) -> Any:
+        prepared = self.prepared.pop(txid, None)
+        if prepared is None:
+            state = self.decided.get(txid)
+            if state == COMMITTED:
+                return COMMITTED
+            # Committing what this shard never prepared, or aborted, would break atomicity.
+            raise InternalError(f"commit of {txid}, which is {state or 'unknown'} here", maybe_applied=False)
+        self._release(txid, prepared)
+        for key, value in prepared.writes:
+            self._write(key, value)
+        self._decide(txid, COMMITTED)
+        return COMMITTED
+
+    def _abort(self, txid: str) -> Any:
+        prepared = self.prepared.pop(txid, None)
+        if prepared is not None:
+            self._release(txid, prepared)
+        elif self.decided.get(txid) == COMMITTED:
+            raise InternalError(f"abort of {txid}, which is committed here", maybe_applied=False)
+        if self.decided.get(txid) != ABORTED:
+            self._decide(txid, ABORTED)
+        return ABORTED
+
+    def _commit_one(self, txid: str, reads: Reads, writes: Writes) -> Any:
+        state = self.state_of(txid)
+        if state == COMMITTED:
+            return COMMITTED
+        if state is not None:
+            raise Conflict(f"{txid} is already {state} here", txid=txid)
+        reason = self._conflict(txid, reads, writes)
+        if reason is not None:
+            self._decide(txid, ABORTED)
+            raise Conflict(reason, txid=txid)
+        for key, value in writes:
+            self._write(key, value)
+        self._decide(txid, COMMITTED)
+        return COMMITTED

@@ -13,7 +13,8 @@ from typing import Any
 
 import trio
 
-from commit.client import Database, Versioned, connect
+from commit.client import Database, connect
+from commit.values import Versioned
 from commit.config import ClusterConfig
 from commit.routing import Key
 

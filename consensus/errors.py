@@ -118,6 +118,14 @@ _BY_CODE: dict[str, type[ClusterError]] = {
 }
 
 
+def register_error(cls: type[ClusterError]) -> type[ClusterError]:
+    """Let a layer above define its own error codes, rebuilt by ``error_from_wire``."""
+    if _BY_CODE.get(cls.code, cls) is not cls:
+        raise ValueError(f"error code {cls.code!r} is already taken by {_BY_CODE[cls.code].__name__}")
+    _BY_CODE[cls.code] = cls
+    return cls
+
+
 def error_from_wire(payload: Any) -> ClusterError:
     """Rebuild a typed error from its wire form; malformed payloads become InternalError."""
     if not isinstance(payload, dict):

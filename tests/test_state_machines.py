@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from commit.coordinator import CoordinatorState
+from commit.errors import CommitUnknown, Conflict
 from commit.routing import key_bytes, shard_of
 from commit.shard import ABSENT, Cell, ShardState
 from commit.tables import format_table
@@ -178,7 +179,10 @@ def test_shard_of_in_range(key, shards):
 
 # -- errors ---------------------------------------------------------------------------
 
-ALL_ERRORS = [InvalidRequest, Unauthorized, NotLeader, Unavailable, Timeout, SessionExpired, InternalError]
+ALL_ERRORS = [
+    InvalidRequest, Unauthorized, NotLeader, Unavailable, Timeout, SessionExpired, InternalError,
+    Conflict, CommitUnknown,
+]
 
 
 def _over_the_wire(error: ClusterError) -> ClusterError:

@@ -1,0 +1,93 @@
+"""The participant side of recovery: prepared transactions that wait too long ask for their outcome.
+
+A shard that voted yes may not decide on its own (that is what makes 2PC
+atomic, and what makes it block). So the leader of each shard this node
+hosts looks, every ``transactions.resolve_interval_s``, at the transactions
+prepared there; one older than ``in_doubt_timeout_s`` (as seen by this
+leader) asks its authority (``Peers.status``). A decided answer is applied
+as the shard's ``commit`` or ``abort`` command; "pending" or no answer
+leaves it prepared, locks held, to ask again next round.
+
+A read that meets a prepared writer's lock uses ``resolve`` too, after a
+short wait, so a reader never sees half of a transaction.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import trio
+
+from commit.coordinator import ABORTED, COMMITTED
+from commit.peers import Peers
+from commit.shard import ShardState
+from commit.txids import authority_of
+from consensus.errors import ClusterError
+from consensus.group import ReplicaGroup
+
+log = logging.getLogger(__name__)
+
+
+class InDoubtResolver:
+    def __init__(self, shards: dict[str, ReplicaGroup], peers: Peers, *, timeout_s: float, interval_s: float,
+                 ask_timeout_s: float) -> None:
+        self.shards = shards
+        self.peers = peers
+        self.timeout_s = timeout_s
+        self.interval_s = interval_s
+        self.ask_timeout_s = ask_timeout_s
+        self.first_seen: dict[tuple[str, str], float] = {}
+        self.resolved: dict[str, int] = {COMMITTED: 0, ABORTED: 0}
+
+    def _prepared(self, group: ReplicaGroup) -> list[str]:
+        machine = group.machine
+        assert isinstance(machine, ShardState)
+        return list(machine.prepared)
+
+    async def resolve(self, group: ReplicaGroup, txid: str) -> str:
+        """Ask txid's authority for the outcome; apply it here if decided. Returns what was learned."""
+        with trio.move_on_after(self.ask_timeout_s):
+            try:
+                outcome = await self.peers.status(txid)
+            except ClusterError as exc:
+                log.info("%s in doubt on %s: authority unreachable: %s", txid, group.name, exc)
+                return "unreachable"
+            if outcome in (COMMITTED, ABORTED):
+                await group.propose(("commit" if outcome == COMMITTED else "abort", txid))
+                self.resolved[outcome] += 1
+                log.info("%s in doubt on %s: resolved %s", txid, group.name, outcome)
+            return outcome
+        return "unreachable"
+
+    async def run(self) -> None:
+        while True:
+            await trio.sleep(self.interval_s)
+            now = trio.current_time()
+            seen: set[tuple[str, str]] = set()
+            for name, group in self.shards.items():
+                if not group.is_leader():
+                    continue
+                for txid in self._prepared(group):
+                    key = (name, txid)
+                    seen.add(key)
+                    first = self.first_seen.setdefault(key, now)
+                    if now - first >= self.timeout_s:
+                        try:
+                            await self.resolve(group, txid)
+                        except ClusterError as exc:
+                            log.info("%s on %s: could not apply the outcome: %s", txid, name, exc)
+            for key in [k for k in self.first_seen if k not in seen]:
+                del self.first_seen[key]
+
+    def in_doubt(self, now: float) -> list[dict[str, Any]]:
+        return [
+            {
+                "txid": txid,
+                "protocol": authority_of(txid)[0],
+                "participants": shard,
+                "state": "participant:prepared",
+                "age_s": round(now - first, 3),
+            }
+            for (shard, txid), first in self.first_seen.items()
+        ]

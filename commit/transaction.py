@@ -1,0 +1,209 @@
+"""Client transactions: buffered writes, versioned reads, and the retry loop.
+
+    async with db.transaction() as tx:          # commits on a clean exit, aborts on an exception
+        balance = (await tx.get("alice")).value
+        tx.put("alice", balance - 10)
+
+    await db.run(transfer, "alice", "bob", 10)  # retried on Conflict, FoundationDB style
+
+    @commit.transactional
+    async def transfer(tx, src, dst, amount): ...
+    await transfer(db, "alice", "bob", 10)      # a Database: runs the retry loop
+    await transfer(tx, "alice", "bob", 10)      # a Transaction: joins it
+
+Reads go to the shard leaders as they happen (linearizable, and never the
+half of another transaction: a read that meets a prepared writer waits for,
+or resolves, its outcome) and remember the version they saw. Writes stay in
+the client until commit. At commit, the shards touched are the participants:
+
+* one shard: one-phase commit, ONE replicated command at that shard that
+  validates the read versions and applies the writes;
+* several shards: the chosen protocol's coordinator runs Two-Phase Commit;
+  each shard's PREPARE validates the reads and takes the locks in one
+  replicated command.
+
+A commit ends in success, ``Conflict`` (nothing was committed: retry), or
+``CommitUnknown`` (it may have been: ``await db.status(exc.txid)``). ``run``
+resolves ``CommitUnknown`` itself by asking for the status, so a body is
+never committed twice.
+"""
+
+from __future__ import annotations
+
+import functools
+import random
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
+
+import trio
+
+from commit.config import COORDINATOR_GROUP, PROTOCOLS, shard_group
+from commit.coordinator import ABORTED, COMMITTED
+from commit.errors import CommitUnknown, Conflict
+from commit.routing import Key, key_bytes, shard_of
+from commit.txids import new_txid
+from commit.values import Versioned, unpack_value
+from consensus.errors import ClusterError, InvalidRequest, Timeout, Unavailable
+
+if TYPE_CHECKING:
+    from commit.client import Database
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+STATUS_POLL_S = 0.2
+
+
+class Transaction:
+    def __init__(self, db: Database, protocol: str | None = None) -> None:
+        protocol = protocol or db.config.transactions.default_protocol
+        if protocol not in PROTOCOLS:
+            raise InvalidRequest(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
+        self.db = db
+        self.protocol = protocol
+        self.txid: str | None = None
+        self._reads: dict[bytes, Versioned] = {}
+        self._writes: dict[bytes, bytes | None] = {}
+        self._state = "open"
+
+    @property
+    def state(self) -> str:
+        return self._state
+
+    def _key(self, key: Key) -> bytes:
+        return key_bytes(key, self.db.config.limits.max_key_bytes)
+
+    def _check_open(self) -> None:
+        if self._state != "open":
+            raise InvalidRequest(f"this transaction is already {self._state}")
+
+    async def get(self, key: Key) -> Versioned:
+        self._check_open()
+        raw = self._key(key)
+        if raw in self._writes:
+            packed = self._writes[raw]
+            return Versioned(unpack_value(packed), -1, packed is not None)
+        if raw not in self._reads:
+            self._reads[raw] = await self.db.get(raw)
+        return self._reads[raw]
+
+    def put(self, key: Key, value: Any) -> None:
+        self._check_open()
+        self._writes[self._key(key)] = self.db.checked_value(value)
+
+    def delete(self, key: Key) -> None:
+        self._check_open()
+        self._writes[self._key(key)] = None
+
+    async def abort(self) -> None:
+        """Nothing to undo remotely: locks are only taken at commit."""
+        if self._state == "open":
+            self._state = "aborted"
+
+    def _participants(self) -> dict[str, dict[str, list[Any]]]:
+        shards: dict[str, dict[str, list[Any]]] = {}
+        count = self.db.config.shard_count
+
+        def slot(key: bytes) -> dict[str, list[Any]]:
+            return shards.setdefault(shard_group(shard_of(key, count)), {"reads": [], "writes": []})
+
+        for key, seen in self._reads.items():
+            slot(key)["reads"].append([key, seen.version])
+        for key, value in self._writes.items():
+            slot(key)["writes"].append([key, value])
+        return shards
+
+    async def commit(self) -> None:
+        self._check_open()
+        self._state = "committing"
+        participants = self._participants()
+        try:
+            if not participants:
+                self._state = "committed"
+                return
+            if len(participants) == 1:
+                [(shard, payload)] = participants.items()
+                self.txid = new_txid(self.protocol, shard)
+                await self._settle(self.db.call_group(
+                    shard, "txn.commit_one", {"txid": self.txid, "shard": shard, **payload}))
+            else:
+                self.txid = new_txid(self.protocol)
+                params = {"txid": self.txid, "participants": participants}
+                if self.protocol == "2pc":
+                    call = self.db.call_node(self.db.config.twopc_coordinator, "txn.commit", params)
+                else:
+                    call = self.db.call_group(COORDINATOR_GROUP, "txn.commit", params)
+                await self._settle(call)
+            self._state = "committed"
+        except BaseException:
+            self._state = "failed"
+            raise
+
+    async def _settle(self, call: Awaitable[dict[str, Any]]) -> None:
+        assert self.txid is not None
+        try:
+            await call
+        except (Conflict, InvalidRequest, CommitUnknown):
+            raise
+        except ClusterError as exc:
+            if exc.maybe_applied:
+                raise CommitUnknown(f"{self.txid}: {exc.message}", txid=self.txid) from exc
+            raise
+
+
+async def _outcome(db: Database, txid: str, deadline: float) -> str:
+    """Ask for txid's outcome until it is decided or the deadline passes."""
+    while True:
+        try:
+            outcome = await db.status(txid)
+            if outcome in (COMMITTED, ABORTED):
+                return outcome
+        except (Unavailable, Timeout):
+            pass
+        if trio.current_time() + STATUS_POLL_S > deadline:
+            return "pending"
+        await trio.sleep(STATUS_POLL_S)
+
+
+async def run(db: Database, fn: Callable[..., Awaitable[R]], *args: Any, protocol: str | None = None) -> R:
+    """Run ``fn(tx, *args)`` in a transaction and commit it, retrying on conflict."""
+    settings = db.config.transactions
+    timeouts = db.config.timeouts
+    deadline = trio.current_time() + timeouts.client_deadline_s
+    last: ClusterError | None = None
+    for attempt in range(settings.retry_limit):
+        tx = Transaction(db, protocol)
+        try:
+            result = await fn(tx, *args)
+            await tx.commit()
+            return result
+        except Conflict as exc:
+            last = exc
+        except CommitUnknown as exc:
+            outcome = await _outcome(db, exc.txid, deadline)
+            if outcome == COMMITTED:
+                return result
+            if outcome != ABORTED:
+                raise
+            last = exc
+        except (Unavailable, Timeout) as exc:
+            last = exc
+        if trio.current_time() >= deadline:
+            break
+        backoff = min(timeouts.backoff_max_s, timeouts.backoff_initial_s * 2**attempt)
+        await trio.sleep(random.uniform(0, backoff))
+    raise Timeout(f"transaction gave up after {attempt + 1} attempts: {last}", maybe_applied=False)
+
+
+def transactional(
+    fn: Callable[Concatenate[Transaction, P], Awaitable[R]],
+) -> Callable[Concatenate[Any, P], Awaitable[R]]:
+    """Make ``fn(tx, ...)`` callable with a Database (runs the retry loop) or a Transaction (joins it)."""
+
+    @functools.wraps(fn)
+    async def wrapper(db_or_tx: Any, *args: P.args, **kwargs: P.kwargs) -> R:
+        if isinstance(db_or_tx, Transaction):
+            return await fn(db_or_tx, *args, **kwargs)
+        return await run(db_or_tx, functools.partial(fn, **kwargs), *args)
+
+    return wrapper
