@@ -219,8 +219,10 @@ def test_error_round_trip(cls, maybe_applied):
 
 
 def test_error_flags():
-    assert {cls for cls in ALL_ERRORS if cls.retryable} == {NotLeader, Unavailable, Timeout}
-    assert {cls for cls in ALL_ERRORS if cls.default_maybe_applied} == {Timeout, SessionExpired, InternalError}
+    assert {cls for cls in ALL_ERRORS if cls.retryable} == {NotLeader, Unavailable, Timeout, Conflict}
+    assert {cls for cls in ALL_ERRORS if cls.default_maybe_applied} == {
+        Timeout, SessionExpired, InternalError, CommitUnknown
+    }
 
 
 def test_not_leader_hint():
