@@ -68,6 +68,7 @@ def render_config(
     raft: dict[str, Any] | None = None,
     timeouts: dict[str, Any] | None = None,
     limits: dict[str, Any] | None = None,
+    transactions: dict[str, Any] | None = None,
 ) -> str:
     stride = 1 + (1 + shards)
     lines = ["[cluster]", f'data_dir = "{data_dir}"', f'durability = "{durability}"']
@@ -80,7 +81,8 @@ def render_config(
     members = ", ".join(f'"{n}"' for n in node_ids)
     lines += ["", "[coordinator]", f"members = [{members}]",
               "", "[shards]", f"count = {shards}", f"members = [{members}]"]
-    for table, values in (("raft", raft), ("timeouts", timeouts), ("limits", limits)):
+    tables = (("raft", raft), ("timeouts", timeouts), ("limits", limits), ("transactions", transactions))
+    for table, values in tables:
         if values:
             lines += ["", f"[{table}]"] + [f"{k} = {_toml(v)}" for k, v in values.items()]
     return "\n".join(lines) + "\n"

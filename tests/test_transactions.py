@@ -1,0 +1,272 @@
+"""Cross-shard transactions against real node processes, with both 2PC variants."""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import trio
+
+import commit
+from commit.config import ClusterConfig, shard_group
+from commit.localcluster import LocalCluster
+from commit.routing import shard_of
+from tests.conftest import _started
+
+pytestmark = pytest.mark.cluster
+PROTOCOLS = ["2pc", "raft-2pc"]
+ACCOUNTS_PER_SHARD = 2
+START_BALANCE = 100
+
+
+@pytest.fixture(scope="module")
+def txn_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    yield from _started(tmp_path_factory.mktemp("txn"))
+
+
+def keys_by_shard(count_per_shard: int, prefix: str, shards: int = 3) -> dict[int, list[str]]:
+    found: dict[int, list[str]] = {s: [] for s in range(shards)}
+    i = 0
+    while any(len(v) < count_per_shard for v in found.values()):
+        key = f"{prefix}{i}"
+        shard = shard_of(key.encode(), shards)
+        if len(found[shard]) < count_per_shard:
+            found[shard].append(key)
+        i += 1
+    return found
+
+
+async def shard_rows(cluster: LocalCluster) -> dict[str, dict]:
+    """The leader's status row of each shard (prepared transactions, locks, keys)."""
+    rows = await cluster.status()
+    return {r["group"]: r for r in rows if r.get("role") == "leader" and r["group"].startswith("shard-")}
+
+
+async def assert_no_locks(cluster: LocalCluster, within_s: float = 10.0) -> None:
+    async def clean() -> bool:
+        rows = await shard_rows(cluster)
+        return len(rows) == 3 and all(r["prepared"] == 0 and r["locks"] == 0 for r in rows.values())
+
+    await cluster.wait_until(clean, within_s, "every shard to hold no prepared transaction and no lock")
+
+
+@commit.transactional
+async def transfer(tx: commit.Transaction, src: str, dst: str, amount: int) -> None:
+    a = (await tx.get(src)).value
+    b = (await tx.get(dst)).value
+    tx.put(src, a - amount)
+    tx.put(dst, b + amount)
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+async def test_bank_transfers_keep_the_total(txn_cluster: LocalCluster, protocol: str, seed: int) -> None:
+    rng = random.Random(seed)
+    accounts = [k for keys in keys_by_shard(ACCOUNTS_PER_SHARD, f"{protocol}-acct").values() for k in keys]
+    total = START_BALANCE * len(accounts)
+    audits: list[int] = []
+    transfers = 0
+    async with commit.connect(txn_cluster.config) as db:
+        for account in accounts:
+            await db.put(account, START_BALANCE)
+
+        async def client(n: int) -> None:
+            nonlocal transfers
+            local = random.Random(rng.random())
+            for _ in range(15):
+                src, dst = local.sample(accounts, 2)
+                await db.run(transfer, src, dst, local.randint(1, 20), protocol=protocol)
+                transfers += 1
+
+        async def audit(tx: commit.Transaction) -> int:
+            return sum([(await tx.get(a)).value for a in accounts])
+
+        async def auditor() -> None:
+            for _ in range(10):
+                audits.append(await db.run(audit, protocol=protocol))
+
+        async with trio.open_nursery() as nursery:
+            for n in range(8):
+                nursery.start_soon(client, n)
+            nursery.start_soon(auditor)
+        balances = [(await db.get(a)).value for a in accounts]
+    assert transfers == 8 * 15
+    assert sum(balances) == total, balances
+    assert audits and all(a == total for a in audits), audits
+    await assert_no_locks(txn_cluster)
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+async def test_write_skew_across_shards_never_commits_both(txn_cluster: LocalCluster, protocol: str) -> None:
+    by_shard = keys_by_shard(1, f"skew-{protocol}-")
+    x, y = by_shard[0][0], by_shard[1][0]
+    both = 0
+    committed = 0
+    async with commit.connect(txn_cluster.config) as db:
+        for round_ in range(12):
+            await db.put(x, 0)
+            await db.put(y, 0)
+            t1 = commit.Transaction(db, protocol)
+            t2 = commit.Transaction(db, protocol)
+            t1.put(y, (await t1.get(x)).value + 1)  # reads x, writes y
+            t2.put(x, (await t2.get(y)).value + 1)  # reads y, writes x
+            results: dict[str, bool] = {}
+
+            async def attempt(name: str, tx: commit.Transaction) -> None:
+                try:
+                    await tx.commit()
+                    results[name] = True
+                except commit.Conflict:
+                    results[name] = False
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(attempt, "t1", t1)
+                nursery.start_soon(attempt, "t2", t2)
+            both += results["t1"] and results["t2"]
+            committed += results["t1"] + results["t2"]
+            final = ((await db.get(x)).value, (await db.get(y)).value)
+            assert final in ((0, 0), (0, 1), (1, 0)), (round_, final, results)
+    assert both == 0
+    assert committed > 0
+    await assert_no_locks(txn_cluster)
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+async def test_aborted_transactions_leave_no_value_and_no_lock(txn_cluster: LocalCluster, protocol: str) -> None:
+    by_shard = keys_by_shard(1, f"abort-{protocol}-")
+    a, b = by_shard[0][0], by_shard[1][0]
+    async with commit.connect(txn_cluster.config) as db:
+        with pytest.raises(RuntimeError, match="changed my mind"):
+            async with db.transaction(protocol) as tx:
+                tx.put(a, "never")
+                tx.put(b, "never")
+                raise RuntimeError("changed my mind")
+        assert (await db.get(a)).exists is False and (await db.get(b)).exists is False
+
+        # A NO vote: b's read is stale by the time the transaction prepares; a's shard votes yes first.
+        await db.put(b, "v1")
+        tx = commit.Transaction(db, protocol)
+        tx.put(a, "half")
+        await tx.get(b)
+        tx.put(b, "half")
+        await db.put(b, "v2")
+        with pytest.raises(commit.Conflict, match="stale"):
+            await tx.commit()
+        assert await db.status(tx.txid) == "aborted"
+        assert (await db.get(a)).exists is False
+        assert (await db.get(b)).value == "v2"
+    await assert_no_locks(txn_cluster)
+
+
+async def test_single_shard_transaction_is_one_phase(txn_cluster: LocalCluster) -> None:
+    key = keys_by_shard(2, "one-")[0]
+    async with commit.connect(txn_cluster.config) as db:
+        async with db.transaction() as tx:
+            tx.put(key[0], 1)
+            tx.put(key[1], 2)
+        assert tx.txid is not None and tx.txid.startswith(f"1pc:{shard_group(0)}:")
+        assert await db.status(tx.txid) == "committed"
+        assert [(await db.get(k)).value for k in key] == [1, 2]
+        # a status query about a txid nobody knows fences it as aborted (presumed abort)
+        unknown = "raft-2pc:" + "0" * 32
+        assert await db.status(unknown) == "aborted"
+
+
+# -- coordinator crashes between the votes and the decision ------------------------------
+
+
+@pytest.fixture
+def hook_cluster(tmp_path: Path) -> Iterator[LocalCluster]:
+    options = {"transactions": {"fault_hooks": True, "in_doubt_timeout_s": 0.5, "twopc_coordinator": "n1"}}
+    yield from _started(tmp_path, options=options)
+
+
+def quick(config: ClusterConfig, deadline_s: float) -> ClusterConfig:
+    return dataclasses.replace(config, timeouts=dataclasses.replace(
+        config.timeouts, client_deadline_s=deadline_s, client_attempt_s=min(deadline_s, 1.0)))
+
+
+async def _start_held_transfer(
+    cluster: LocalCluster, db: commit.Database, protocol: str, coordinator: str, point: str,
+    nursery: trio.Nursery,
+) -> tuple[commit.Transaction, str, str]:
+    by_shard = keys_by_shard(1, f"held-{protocol}-")
+    src, dst = by_shard[0][0], by_shard[1][0]
+    await db.put(src, 100)
+    await db.put(dst, 0)
+    await cluster.call(coordinator, "test.hold", {"point": point})
+    tx = commit.Transaction(db, protocol)
+    tx.put(src, (await tx.get(src)).value - 30)
+    tx.put(dst, (await tx.get(dst)).value + 30)
+
+    async def commit_and_ignore() -> None:
+        try:
+            await tx.commit()
+        except commit.ClusterError:
+            pass  # the coordinator dies under it; the outcome is checked from the shards
+
+    nursery.start_soon(commit_and_ignore)
+
+    async def both_prepared() -> bool:
+        rows = await shard_rows(cluster)
+        return all(rows.get(shard_group(s), {}).get("prepared", 0) >= 1 for s in (0, 1))
+
+    await cluster.wait_until(both_prepared, 10, "both participants to be prepared")
+    return tx, src, dst
+
+
+async def test_raft_2pc_finishes_without_the_dead_coordinator(hook_cluster: LocalCluster) -> None:
+    cluster = hook_cluster
+    leader = (await cluster.leaders())["coord"]
+    async with commit.connect(cluster.config) as db, trio.open_nursery() as nursery:
+        tx, src, dst = await _start_held_transfer(
+            cluster, db, "raft-2pc", leader, "coordinator.after_votes", nursery)
+        cluster.kill(leader)
+        start = trio.current_time()
+        await assert_no_locks(cluster, within_s=15)
+        elapsed = trio.current_time() - start
+        outcome = await db.status(tx.txid)
+        values = ((await db.get(src)).value, (await db.get(dst)).value)
+        print(f"raft-2pc: {outcome} {elapsed:.2f}s after killing coordinator leader {leader}")
+        assert outcome in ("committed", "aborted")
+        assert values == ((70, 30) if outcome == "committed" else (100, 0))
+        assert elapsed < 10
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize(("point", "expected"), [
+    ("coordinator.after_votes", "aborted"),      # nothing logged: presumed abort after restart
+    ("coordinator.after_decision", "committed"),  # commit logged: redone from the log after restart
+])
+async def test_2pc_blocks_until_its_coordinator_returns(hook_cluster: LocalCluster, point: str, expected: str) -> None:
+    cluster = hook_cluster
+    coordinator = cluster.config.twopc_coordinator
+    async with commit.connect(cluster.config) as db, trio.open_nursery() as nursery:
+        tx, src, dst = await _start_held_transfer(cluster, db, "2pc", coordinator, point, nursery)
+        cluster.kill(coordinator)
+        await cluster.wait_ready()  # shards re-elect without it if it led any
+        blocked_for = 3.0
+        await trio.sleep(blocked_for)
+        rows = await shard_rows(cluster)
+        assert rows[shard_group(0)]["prepared"] >= 1 and rows[shard_group(1)]["prepared"] >= 1
+        assert rows[shard_group(0)]["locks"] >= 1 and rows[shard_group(1)]["locks"] >= 1
+        async with commit.connect(quick(cluster.config, 1.5)) as impatient:
+            for key in (src, dst):
+                with pytest.raises((commit.Unavailable, commit.Timeout)):
+                    await impatient.get(key)  # no reader sees either half while it is in doubt
+        report = await cluster.call(cluster.node_ids[1], "node.status", {})
+        print(f"2pc in doubt after {blocked_for}s: {report['in_doubt']}")
+        assert any(row["txid"] == tx.txid for row in report["in_doubt"]) or any(
+            row["txid"] == tx.txid for n in cluster.node_ids[2:]
+            for row in (await cluster.call(n, "node.status", {}))["in_doubt"]
+        )
+
+        cluster.start(coordinator)
+        await cluster.wait_ready()
+        await assert_no_locks(cluster, within_s=15)
+        assert await db.status(tx.txid) == expected
+        values = ((await db.get(src)).value, (await db.get(dst)).value)
+        assert values == ((70, 30) if expected == "committed" else (100, 0))
+        nursery.cancel_scope.cancel()
