@@ -21,7 +21,8 @@ from typing import Any
 import trio
 
 from commit.admin import cluster_status, node_call, wait_for_leaders
-from commit.config import ClusterConfig, load_config
+from commit.config import ClusterConfig, load_config, shard_group
+from commit.routing import shard_of
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -162,6 +163,54 @@ class LocalCluster:
 
     async def call(self, node_id: str, method: str, params: dict[str, Any]) -> Any:
         return await node_call(self.config, node_id, method, params)
+
+    async def shard_leader_rows(self) -> dict[str, dict[str, Any]]:
+        """Each shard's status row as its leader reports it (keys, prepared transactions, locks)."""
+        rows = await self.status()
+        return {r["group"]: r for r in rows if r.get("role") == "leader" and r["group"].startswith("shard-")}
+
+    async def wait_unlocked(self, within_s: float) -> None:
+        """Until every shard leader holds no prepared transaction and no lock."""
+
+        async def clean() -> bool:
+            rows = await self.shard_leader_rows()
+            return len(rows) == self.shards and all(r["prepared"] == 0 and r["locks"] == 0 for r in rows.values())
+
+        await self.wait_until(clean, within_s, "every shard to hold no prepared transaction and no lock")
+
+    async def start_held_transfer(
+        self, db: Any, protocol: str, point: str, src: str, dst: str, nursery: trio.Nursery
+    ) -> Any:
+        """Arm ``point`` on the coordinator, start a src -> dst transfer of 30, return once both shards prepared.
+
+        Needs ``transactions.fault_hooks``. The commit runs in ``nursery`` and its error (the coordinator
+        is meant to die under it) is ignored: callers judge the outcome from the shards.
+        """
+        import commit  # the client library, imported late: node-side code does not need it
+
+        coordinator = self.config.twopc_coordinator if protocol == "2pc" else (await self.leaders())["coord"]
+        await db.put(src, 100)
+        await db.put(dst, 0)
+        await self.call(coordinator, "test.hold", {"point": point})
+        tx = commit.Transaction(db, protocol)
+        tx.put(src, (await tx.get(src)).value - 30)
+        tx.put(dst, (await tx.get(dst)).value + 30)
+
+        async def commit_and_ignore() -> None:
+            try:
+                await tx.commit()
+            except commit.ClusterError:
+                pass
+
+        nursery.start_soon(commit_and_ignore)
+        shards = {shard_group(shard_of(k.encode(), self.shards)) for k in (src, dst)}
+
+        async def prepared() -> bool:
+            rows = await self.shard_leader_rows()
+            return all(rows.get(s, {}).get("prepared", 0) >= 1 for s in shards)
+
+        await self.wait_until(prepared, 10, "both participants to be prepared")
+        return tx
 
     async def wait_until(self, predicate: Any, timeout_s: float, what: str) -> Any:
         with trio.move_on_after(timeout_s):

@@ -30,3 +30,16 @@ def key_bytes(key: object, max_key_bytes: int) -> bytes:
 def shard_of(key: bytes, shard_count: int) -> int:
     digest = hashlib.blake2b(key, digest_size=8).digest()
     return int.from_bytes(digest, "big") % shard_count
+
+
+def keys_on_each_shard(prefix: str, per_shard: int, shard_count: int) -> list[list[str]]:
+    """``per_shard`` key names ``prefix<n>`` landing on each shard: for demos, tests and benchmarks."""
+    found: list[list[str]] = [[] for _ in range(shard_count)]
+    i = 0
+    while any(len(keys) < per_shard for keys in found):
+        name = f"{prefix}{i}"
+        shard = shard_of(name.encode(), shard_count)
+        if len(found[shard]) < per_shard:
+            found[shard].append(name)
+        i += 1
+    return found

@@ -13,7 +13,7 @@ import trio
 import commit
 from commit.config import ClusterConfig, shard_group
 from commit.localcluster import LocalCluster
-from commit.routing import shard_of
+from commit.routing import keys_on_each_shard
 from tests.conftest import _started
 
 pytestmark = pytest.mark.cluster
@@ -27,30 +27,12 @@ def txn_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalClust
     yield from _started(tmp_path_factory.mktemp("txn"))
 
 
-def keys_by_shard(count_per_shard: int, prefix: str, shards: int = 3) -> dict[int, list[str]]:
-    found: dict[int, list[str]] = {s: [] for s in range(shards)}
-    i = 0
-    while any(len(v) < count_per_shard for v in found.values()):
-        key = f"{prefix}{i}"
-        shard = shard_of(key.encode(), shards)
-        if len(found[shard]) < count_per_shard:
-            found[shard].append(key)
-        i += 1
-    return found
-
-
-async def shard_rows(cluster: LocalCluster) -> dict[str, dict]:
-    """The leader's status row of each shard (prepared transactions, locks, keys)."""
-    rows = await cluster.status()
-    return {r["group"]: r for r in rows if r.get("role") == "leader" and r["group"].startswith("shard-")}
+def keys_by_shard(count_per_shard: int, prefix: str) -> dict[int, list[str]]:
+    return dict(enumerate(keys_on_each_shard(prefix, count_per_shard, 3)))
 
 
 async def assert_no_locks(cluster: LocalCluster, within_s: float = 10.0) -> None:
-    async def clean() -> bool:
-        rows = await shard_rows(cluster)
-        return len(rows) == 3 and all(r["prepared"] == 0 and r["locks"] == 0 for r in rows.values())
-
-    await cluster.wait_until(clean, within_s, "every shard to hold no prepared transaction and no lock")
+    await cluster.wait_unlocked(within_s)
 
 
 @commit.transactional
@@ -189,31 +171,11 @@ def quick(config: ClusterConfig, deadline_s: float) -> ClusterConfig:
 
 
 async def _start_held_transfer(
-    cluster: LocalCluster, db: commit.Database, protocol: str, coordinator: str, point: str,
-    nursery: trio.Nursery,
+    cluster: LocalCluster, db: commit.Database, protocol: str, point: str, nursery: trio.Nursery
 ) -> tuple[commit.Transaction, str, str]:
     by_shard = keys_by_shard(1, f"held-{protocol}-")
     src, dst = by_shard[0][0], by_shard[1][0]
-    await db.put(src, 100)
-    await db.put(dst, 0)
-    await cluster.call(coordinator, "test.hold", {"point": point})
-    tx = commit.Transaction(db, protocol)
-    tx.put(src, (await tx.get(src)).value - 30)
-    tx.put(dst, (await tx.get(dst)).value + 30)
-
-    async def commit_and_ignore() -> None:
-        try:
-            await tx.commit()
-        except commit.ClusterError:
-            pass  # the coordinator dies under it; the outcome is checked from the shards
-
-    nursery.start_soon(commit_and_ignore)
-
-    async def both_prepared() -> bool:
-        rows = await shard_rows(cluster)
-        return all(rows.get(shard_group(s), {}).get("prepared", 0) >= 1 for s in (0, 1))
-
-    await cluster.wait_until(both_prepared, 10, "both participants to be prepared")
+    tx = await cluster.start_held_transfer(db, protocol, point, src, dst, nursery)
     return tx, src, dst
 
 
@@ -221,8 +183,7 @@ async def test_raft_2pc_finishes_without_the_dead_coordinator(hook_cluster: Loca
     cluster = hook_cluster
     leader = (await cluster.leaders())["coord"]
     async with commit.connect(cluster.config) as db, trio.open_nursery() as nursery:
-        tx, src, dst = await _start_held_transfer(
-            cluster, db, "raft-2pc", leader, "coordinator.after_votes", nursery)
+        tx, src, dst = await _start_held_transfer(cluster, db, "raft-2pc", "coordinator.after_votes", nursery)
         cluster.kill(leader)
         start = trio.current_time()
         await assert_no_locks(cluster, within_s=15)
@@ -244,12 +205,12 @@ async def test_2pc_blocks_until_its_coordinator_returns(hook_cluster: LocalClust
     cluster = hook_cluster
     coordinator = cluster.config.twopc_coordinator
     async with commit.connect(cluster.config) as db, trio.open_nursery() as nursery:
-        tx, src, dst = await _start_held_transfer(cluster, db, "2pc", coordinator, point, nursery)
+        tx, src, dst = await _start_held_transfer(cluster, db, "2pc", point, nursery)
         cluster.kill(coordinator)
         await cluster.wait_ready()  # shards re-elect without it if it led any
         blocked_for = 3.0
         await trio.sleep(blocked_for)
-        rows = await shard_rows(cluster)
+        rows = await cluster.shard_leader_rows()
         assert rows[shard_group(0)]["prepared"] >= 1 and rows[shard_group(1)]["prepared"] >= 1
         assert rows[shard_group(0)]["locks"] >= 1 and rows[shard_group(1)]["locks"] >= 1
         async with commit.connect(quick(cluster.config, 1.5)) as impatient:
