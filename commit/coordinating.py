@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -32,7 +32,7 @@ from commit.coordinator import ABORTED, COMMITTED, PENDING, CoordinatorState
 from commit.peers import Peers
 from commit.protocols import two_phase as tp
 from commit.txlog import DecisionLog
-from consensus.errors import ClusterError, InvalidRequest
+from consensus.errors import ClusterError, InvalidRequest, Unavailable
 from consensus.group import ReplicaGroup
 
 log = logging.getLogger(__name__)
@@ -145,6 +145,7 @@ class TransactionManager:
         *,
         vote_timeout_s: float,
         resend_s: float,
+        persist_timeout_s: float,
         hooks: FaultHooks,
         nursery: trio.Nursery,
     ) -> None:
@@ -153,6 +154,7 @@ class TransactionManager:
         self.peers = peers
         self.vote_timeout_s = vote_timeout_s
         self.resend_s = resend_s
+        self.persist_timeout_s = persist_timeout_s
         self.hooks = hooks
         self.nursery = nursery
         self.active: dict[str, ActiveTxn] = {}
@@ -245,15 +247,21 @@ class TransactionManager:
             case tp.Finished():
                 tasks.start_soon(self._finish, txid)
 
+    async def _durably(self, what: str, txid: str, write: Callable[[], Awaitable[Any]]) -> Any:
+        """A store write within ``persist_timeout_s``; failing it stops this coordinator (never guesses)."""
+        with trio.move_on_after(self.persist_timeout_s):
+            return await write()
+        raise Unavailable(f"{txid}: {what} not durable within {self.persist_timeout_s}s", maybe_applied=True)
+
     async def _persist_begin(self, txid: str, participants: tuple[str, ...], feed: Callable[[tp.Event], None]) -> None:
-        outcome = await self.store.begin(txid, participants)
+        outcome = await self._durably("begin record", txid, lambda: self.store.begin(txid, participants))
         feed(tp.Persisted(now=trio.current_time(), outcome=outcome))
 
     async def _persist_decision(
         self, txid: str, outcome: str, participants: tuple[str, ...], feed: Callable[[tp.Event], None]
     ) -> None:
         await self.hooks.checkpoint("coordinator.after_votes", txid)
-        final = await self.store.decide(txid, outcome, participants)
+        final = await self._durably("decision", txid, lambda: self.store.decide(txid, outcome, participants))
         await self.hooks.checkpoint("coordinator.after_decision", txid)
         feed(tp.Persisted(now=trio.current_time(), outcome=final))
 
@@ -282,7 +290,7 @@ class TransactionManager:
 
     async def _finish(self, txid: str) -> None:
         try:
-            await self.store.finish(txid)
+            await self._durably("finish record", txid, lambda: self.store.finish(txid))
         except ClusterError as exc:
             log.info("%s: finish record not written (a later leader will): %s", txid, exc)
 

@@ -76,7 +76,8 @@ async def serve_node(
             def manager(protocol: str, store: LocalLogStore | RaftStore) -> TransactionManager:
                 return TransactionManager(
                     protocol, store, peers, vote_timeout_s=txn.vote_timeout_s,
-                    resend_s=txn.decision_resend_s, hooks=hooks, nursery=nursery,
+                    resend_s=txn.decision_resend_s, persist_timeout_s=config.timeouts.request_s,
+                    hooks=hooks, nursery=nursery,
                 )
 
             managers: dict[str, TransactionManager] = {}

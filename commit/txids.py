@@ -25,7 +25,7 @@ def new_txid(protocol: str, shard: str | None = None) -> str:
 
 
 def check_txid(txid: object) -> str:
-    if not isinstance(txid, str) or not _TXID.match(txid):
+    if not isinstance(txid, str) or not _TXID.fullmatch(txid):
         raise InvalidRequest(f"malformed txid {txid!r:.80}")
     return txid
 

@@ -8,7 +8,8 @@ Records are msgpack frames (``consensus.wire``) appended to one file:
 ``["decide", txid, outcome, participants]`` is forced (written and fsync'd)
 before the decision is acted on; ``["end", txid]`` is written lazily once
 every participant acknowledged. A torn last record (a crash mid-write) is
-ignored on load: it was never fsync'd, so no one acted on it.
+cut off on load: it was never fsync'd, so no one acted on it, and records
+appended later must not land behind its remains.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from consensus.wire import FrameReader, GarbageFrame, encode_frame
+from consensus.errors import InvalidRequest
+from consensus.wire import FrameReader, encode_frame
 
 _MAX_RECORD = 1 << 20
 
@@ -40,20 +42,28 @@ class DecisionLog:
     def _load(self) -> None:
         if not self.path.exists():
             return
+        data = self.path.read_bytes()
         reader = FrameReader(_MAX_RECORD)
-        reader.feed(self.path.read_bytes())
+        reader.feed(data)
+        good_end = 0
         while True:
             try:
                 ready, record = reader.next_frame()
-            except GarbageFrame:
+            except InvalidRequest:  # garbage or an absurd length: the torn tail
                 break
             if not ready:
                 break
+            good_end = len(data) - reader.buffered()
             match record:
                 case ["decide", str() as txid, str() as outcome, list() as participants]:
                     self.decisions.setdefault(txid, LoggedDecision(outcome, tuple(participants)))
                 case ["end", str() as txid] if txid in self.decisions:
                     self.decisions[txid].finished = True
+        if good_end < len(data):
+            with open(self.path, "r+b") as f:
+                f.truncate(good_end)
+                f.flush()
+                os.fsync(f.fileno())
 
     def decide(self, txid: str, outcome: str, participants: tuple[str, ...]) -> str:
         """Force the decision to disk; returns the logged outcome (the first one wins)."""

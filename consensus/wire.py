@@ -55,6 +55,10 @@ class FrameReader:
     def feed(self, data: bytes) -> None:
         self._buffer += data
 
+    def buffered(self) -> int:
+        """Bytes received but not yet returned as frames."""
+        return len(self._buffer)
+
     def next_frame(self) -> tuple[bool, Any]:
         """Return ``(True, message)`` for a complete frame, ``(False, None)`` if more bytes are needed."""
         if len(self._buffer) < _LENGTH.size:
