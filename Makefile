@@ -20,6 +20,7 @@ test: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(PY) -m bench.kv
+	$(PY) -m bench.txn
 
 down: $(VENV)/.installed
 	$(PY) node.py down

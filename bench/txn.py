@@ -62,7 +62,7 @@ async def _blocked_time(cluster: LocalCluster, protocol: str, outage_s: float, r
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.txn", description=__doc__.split("\n")[0])
-    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--clients", default="1,16", help="comma-separated client counts, one phase each")
     parser.add_argument("--procs", type=int, default=2)
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--accounts-per-shard", type=int, default=200)
@@ -74,13 +74,14 @@ def main(argv: list[str] | None = None) -> int:
     crashes: list[dict[str, Any]] = []
     with open_cluster(None, options) as (config, cluster):
         assert cluster is not None
-        for shards in (2, 3):
-            for protocol in ("2pc", "raft-2pc"):
-                progress(f"{protocol}: {shards}-shard transfers, {args.clients} clients for {args.seconds}s ...")
-                params = {"protocol": protocol, "shards": shards, "prefix": f"{protocol}-{shards}-",
-                          "accounts_per_shard": args.accounts_per_shard, "start_balance": 1000}
-                phase = run_phase(config, "txn.transfer", params, args.clients, args.procs, args.seconds)
-                rows.append({"protocol": protocol, "shards": shards, **phase})
+        for clients in (int(c) for c in args.clients.split(",")):
+            for shards in (2, 3):
+                for protocol in ("2pc", "raft-2pc"):
+                    progress(f"{protocol}: {shards}-shard transfers, {clients} clients for {args.seconds}s ...")
+                    params = {"protocol": protocol, "shards": shards, "prefix": f"{protocol}-{shards}-{clients}-",
+                              "accounts_per_shard": args.accounts_per_shard, "start_balance": 1000}
+                    phase = run_phase(config, "txn.transfer", params, clients, args.procs, args.seconds)
+                    rows.append({"protocol": protocol, "shards": shards, **phase})
         for round_, protocol in enumerate(("raft-2pc", "2pc")):
             progress(f"{protocol}: kill -9 the coordinator between votes and decision ...")
             crashes.append(trio.run(_blocked_time, cluster, protocol, args.outage, round_))

@@ -151,7 +151,16 @@ class LocalCluster:
             proc.wait()
 
     async def wait_ready(self) -> list[dict[str, Any]]:
-        return await wait_for_leaders(self.config)
+        """Until every group has a leader and every node this cluster runs answers."""
+        await wait_for_leaders(self.config)
+
+        async def all_reachable() -> list[dict[str, Any]]:
+            rows = await self.status()
+            running = {n for n in self.node_ids if self.alive(n)}
+            answered = {r["node"] for r in rows if r.get("reachable")}
+            return rows if running <= answered else []
+
+        return await self.wait_until(all_reachable, self.config.timeouts.startup_s, "every running node to answer")
 
     async def status(self) -> list[dict[str, Any]]:
         return await cluster_status(self.config)
