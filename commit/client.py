@@ -65,6 +65,10 @@ class Database:
         self._outstanding: dict[str, set[int]] = {g.name: set() for g in config.groups()}
         self._stats = ClientStatistics()
 
+    def leader_of(self, group: str) -> str | None:
+        """The node this client last found leading ``group``, if any."""
+        return self._leaders.get(group)
+
     def statistics(self) -> ClientStatistics:
         return ClientStatistics(**vars(self._stats))
 

@@ -59,7 +59,7 @@ class Timeouts:
     startup_s: float = 30.0
 
 
-PROTOCOLS = ("2pc", "raft-2pc")
+PROTOCOLS = ("2pc", "raft-2pc", "paxos-commit", "fast-paxos-commit")
 
 
 @dataclass(frozen=True)

@@ -1,10 +1,16 @@
 """The trio driver that runs coordinator cores on a node, and where their decisions are kept.
 
-One driver (``TransactionManager._drive``) runs every ``TwoPhaseCoordinator``:
-it feeds the core events and carries out its effects, each network or disk
-effect as a task in the manager's nursery whose result comes back as the
-next event. Two decision stores differ in durability, which is the whole
-difference between the protocols:
+One driver (``TransactionManager._drive``) runs every core, the
+``TwoPhaseCoordinator`` and the ``PaxosCommitLeader`` alike: it feeds the core
+events and carries out its effects, each network or disk effect as a task in
+the manager's nursery whose result comes back as the next event (unsolicited
+messages, Paxos 2b bundles, arrive through ``deliver``).
+
+For Paxos Commit the acceptors hold the outcome, so there is no decision
+store: a new leader learns of a transaction when an in-doubt participant
+asks (``status``), and recovers it with phase 1 at a higher ballot. For 2PC
+two decision stores differ in durability, which is the whole difference
+between the two variants:
 
 * ``LocalLogStore`` (``2pc``): the decision is forced to this node's
   ``DecisionLog``. Only the configured coordinator node runs it.
@@ -19,10 +25,11 @@ hold a coordinator at a named step so a test can kill it there.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
-from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections import Counter, OrderedDict
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -30,14 +37,17 @@ import trio
 
 from commit.coordinator import ABORTED, COMMITTED, PENDING, CoordinatorState
 from commit.peers import Peers
+from commit.protocols import paxos_commit as pc
 from commit.protocols import two_phase as tp
+from commit.tracing import Tracer
 from commit.txlog import DecisionLog
 from consensus.errors import ClusterError, InvalidRequest, Unavailable
 from consensus.group import ReplicaGroup
+from consensus.paxos import Ballot, ballot_of
 
 log = logging.getLogger(__name__)
 
-HOLD_POINTS = ("coordinator.after_votes", "coordinator.after_decision")
+HOLD_POINTS = ("coordinator.after_votes", "coordinator.after_decision", "participant.before_2a")
 
 
 class FaultHooks:
@@ -127,48 +137,87 @@ class _Reply:
         self.reason = ""
 
 
+Core = tp.TwoPhaseCoordinator | pc.PaxosCommitLeader
+PAXOS = ("paxos-commit", "fast-paxos-commit")
+MAX_REMEMBERED = 100_000
+
+
 @dataclass
 class ActiveTxn:
-    core: tp.TwoPhaseCoordinator
+    core: Core
     started: float
     reply: _Reply
     payloads: dict[str, dict[str, Any]] | None
+    inbox: Callable[[Any], None] | None = None
+    hop: int = 1  # the client's commit request
     no_reasons: list[str] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class PaxosSetup:
+    """What a Paxos Commit leader needs besides the common settings."""
+
+    acceptors: tuple[str, ...]
+    rank: int
+    term: Callable[[], int]
+
+
 class TransactionManager:
+    """Runs the coordinator cores of one protocol on this node, with one driver for every core."""
+
     def __init__(
         self,
         protocol: str,
-        store: DecisionStore,
+        store: DecisionStore | None,
         peers: Peers,
         *,
+        node_id: str,
         vote_timeout_s: float,
         resend_s: float,
         persist_timeout_s: float,
         hooks: FaultHooks,
+        tracer: Tracer,
         nursery: trio.Nursery,
+        paxos: PaxosSetup | None = None,
     ) -> None:
         self.protocol = protocol
         self.store = store
         self.peers = peers
+        self.node_id = node_id
         self.vote_timeout_s = vote_timeout_s
         self.resend_s = resend_s
         self.persist_timeout_s = persist_timeout_s
         self.hooks = hooks
+        self.tracer = tracer
         self.nursery = nursery
+        self.paxos = paxos
         self.active: dict[str, ActiveTxn] = {}
         self.outcomes: Counter[str] = Counter()
+        self.decided: OrderedDict[str, str] = OrderedDict()  # Paxos Commit: outcomes learned, a cache
+        self._ballot_counter = itertools.count(1)
 
-    def _core(self, txid: str, participants: tuple[str, ...]) -> tp.TwoPhaseCoordinator:
-        return tp.TwoPhaseCoordinator(
-            txid, participants, self.store.record_begin, self.vote_timeout_s, self.resend_s
-        )
+    def _ballots(self) -> Iterator[Ballot]:
+        """Ballots unique to this leader: (Raft term, rank, counter); a later term is always higher."""
+        assert self.paxos is not None
+        while True:
+            yield (self.paxos.term(), self.paxos.rank, next(self._ballot_counter))
+
+    def _core(self, txid: str, participants: tuple[str, ...]) -> Core:
+        if self.paxos is not None:
+            return pc.PaxosCommitLeader(
+                txid, participants, self.paxos.acceptors, self._ballots(), self.vote_timeout_s,
+                self.resend_s, fast=self.protocol == "fast-paxos-commit",
+            )
+        assert self.store is not None
+        return tp.TwoPhaseCoordinator(txid, participants, self.store.record_begin, self.vote_timeout_s, self.resend_s)
 
     async def commit(self, txid: str, payloads: dict[str, dict[str, Any]]) -> tuple[str, str]:
-        """Run the protocol for txid; returns ``(outcome, reason)`` once the decision is durable."""
+        """Run the protocol for txid; returns ``(outcome, reason)`` once the outcome is durable."""
         active = self.active.get(txid)
         if active is None:
+            known = self.decided.get(txid)
+            if known is not None:
+                return known, ""
             if txid in getattr(self.store, "presumed_aborted", ()):
                 return ABORTED, "the coordinator already presumed this transaction aborted"
             active = self._launch(txid, tuple(sorted(payloads)), payloads, None)
@@ -176,32 +225,51 @@ class TransactionManager:
         assert active.reply.outcome is not None
         return active.reply.outcome, active.reply.reason
 
-    async def status(self, txid: str) -> str:
-        return await self.store.status(txid, active=txid in self.active and self.active[txid].reply.outcome is None)
+    async def status(self, txid: str, participants: tuple[str, ...] = ()) -> str:
+        active = self.active.get(txid)
+        if self.store is not None:
+            return await self.store.status(txid, active=active is not None and active.reply.outcome is None)
+        if active is not None:
+            return active.reply.outcome or PENDING
+        known = self.decided.get(txid)
+        if known is not None or not participants:
+            return known or PENDING  # without the participants there is no instance to recover
+        active = self._launch(txid, participants, None, pc.Recover(now=trio.current_time()))
+        with trio.move_on_after(self.persist_timeout_s):
+            await active.reply.done.wait()
+        return active.reply.outcome or PENDING
 
     def resume(self, txid: str, participants: tuple[str, ...], outcome: str | None) -> None:
         """Finish a transaction this node found unfinished in durable state (after a crash or failover)."""
         if txid not in self.active:
             self._launch(txid, participants, None, tp.Recover(now=trio.current_time(), outcome=outcome))
 
+    def deliver(self, txid: str, event: Any, hop: int) -> None:
+        """An unsolicited protocol message for txid (a Paxos 2b); dropped if no core runs it here."""
+        active = self.active.get(txid)
+        if active is not None and active.inbox is not None:
+            active.hop = max(active.hop, hop)
+            active.inbox(event)
+
     def _launch(
         self, txid: str, participants: tuple[str, ...], payloads: dict[str, dict[str, Any]] | None,
-        first: tp.Event | None,
+        first: Any,
     ) -> ActiveTxn:
         active = ActiveTxn(self._core(txid, participants), trio.current_time(), _Reply(), payloads)
         self.active[txid] = active
         self.nursery.start_soon(self._drive, txid, active, first or tp.Start(now=trio.current_time()))
         return active
 
-    async def _drive(self, txid: str, active: ActiveTxn, first: tp.Event) -> None:
-        send, receive = trio.open_memory_channel[tp.Event](math.inf)
+    async def _drive(self, txid: str, active: ActiveTxn, first: Any) -> None:
+        send, receive = trio.open_memory_channel[Any](math.inf)
+        active.inbox = send.send_nowait
         timers: dict[str, float] = {}
         try:
             async with trio.open_nursery() as tasks:
-                event: tp.Event = first
+                event: Any = first
                 while True:
                     for effect in active.core.handle(event):
-                        self._execute(txid, active, effect, tasks, send.send_nowait, timers)
+                        await self._execute(txid, active, effect, tasks, send.send_nowait, timers)
                     if active.core.state == "done":
                         break
                     deadline = min(timers.values(), default=math.inf)
@@ -220,9 +288,13 @@ class TransactionManager:
                 active.reply.done.set()
             self.active.pop(txid, None)
 
-    def _execute(
-        self, txid: str, active: ActiveTxn, effect: tp.Effect, tasks: trio.Nursery,
-        feed: Callable[[tp.Event], None], timers: dict[str, float],
+    def _meta(self, active: ActiveTxn) -> dict[str, Any]:
+        return {"leader": self.node_id, "hop": active.hop + 1, "protocol": self.protocol,
+                "participants": list(active.core.participants)}
+
+    async def _execute(
+        self, txid: str, active: ActiveTxn, effect: Any, tasks: trio.Nursery,
+        feed: Callable[[Any], None], timers: dict[str, float],
     ) -> None:
         participants = active.core.participants
         match effect:
@@ -233,9 +305,20 @@ class TransactionManager:
             case tp.SendPrepare(participant=shard):
                 payload = active.payloads.get(shard) if active.payloads is not None else None
                 tasks.start_soon(self._prepare, txid, shard, payload, active, feed)
+            case pc.Phase1a(ballot=ballot, participants=instances):
+                for acceptor in self.paxos.acceptors if self.paxos else ():
+                    tasks.start_soon(self._phase1a, txid, acceptor, ballot, instances, active, feed)
+            case pc.Phase2a(ballot=ballot, values=values):
+                for acceptor in self.paxos.acceptors if self.paxos else ():
+                    tasks.start_soon(self._phase2a, txid, acceptor, ballot, values, active, feed)
             case tp.SendDecision(participant=shard, outcome=outcome):
-                tasks.start_soon(self._send_decision, txid, shard, outcome, feed)
+                tasks.start_soon(self._send_decision, txid, shard, outcome, active, feed)
             case tp.Reply(outcome=outcome):
+                if self.paxos is not None:
+                    await self.hooks.checkpoint("coordinator.after_votes", txid)
+                    self.decided[txid] = outcome
+                    while len(self.decided) > MAX_REMEMBERED:
+                        self.decided.popitem(last=False)
                 active.reply.outcome = outcome
                 active.reply.reason = "; ".join(active.no_reasons) or (
                     "votes timed out" if outcome == ABORTED else ""
@@ -245,21 +328,31 @@ class TransactionManager:
             case tp.SetTimer(name=name, deadline=deadline):
                 timers[name] = deadline
             case tp.Finished():
-                tasks.start_soon(self._finish, txid)
+                if self.store is not None:
+                    tasks.start_soon(self._finish, txid)
 
-    async def _durably(self, what: str, txid: str, write: Callable[[], Awaitable[Any]]) -> Any:
-        """A store write within ``persist_timeout_s``; failing it stops this coordinator (never guesses)."""
+    async def _durably(self, what: str, txid: str, write: Callable[[], Awaitable[Any]], forced: bool = True) -> Any:
+        """A store write within ``persist_timeout_s``; failing it stops this coordinator (never guesses).
+
+        ``forced``: a message waits for this write (begin, decision), so it counts as a forced write; the
+        finish record is written lazily and does not.
+        """
         with trio.move_on_after(self.persist_timeout_s):
-            return await write()
+            result = await write()
+            if forced:
+                self.tracer.forced(txid, f"{self.protocol} {what}")
+            return result
         raise Unavailable(f"{txid}: {what} not durable within {self.persist_timeout_s}s", maybe_applied=True)
 
-    async def _persist_begin(self, txid: str, participants: tuple[str, ...], feed: Callable[[tp.Event], None]) -> None:
-        outcome = await self._durably("begin record", txid, lambda: self.store.begin(txid, participants))
+    async def _persist_begin(self, txid: str, participants: tuple[str, ...], feed: Callable[[Any], None]) -> None:
+        assert self.store is not None
+        outcome = await self._durably("begin", txid, lambda: self.store.begin(txid, participants))
         feed(tp.Persisted(now=trio.current_time(), outcome=outcome))
 
     async def _persist_decision(
-        self, txid: str, outcome: str, participants: tuple[str, ...], feed: Callable[[tp.Event], None]
+        self, txid: str, outcome: str, participants: tuple[str, ...], feed: Callable[[Any], None]
     ) -> None:
+        assert self.store is not None
         await self.hooks.checkpoint("coordinator.after_votes", txid)
         final = await self._durably("decision", txid, lambda: self.store.decide(txid, outcome, participants))
         await self.hooks.checkpoint("coordinator.after_decision", txid)
@@ -267,30 +360,62 @@ class TransactionManager:
 
     async def _prepare(
         self, txid: str, shard: str, payload: dict[str, Any] | None, active: ActiveTxn,
-        feed: Callable[[tp.Event], None],
+        feed: Callable[[Any], None],
     ) -> None:
         with trio.move_on_after(self.vote_timeout_s):
             try:
-                yes, reason = await self.peers.prepare(shard, txid, payload)
+                yes, reason = await self.peers.prepare(shard, txid, payload, self._meta(active))
             except ClusterError as exc:
                 log.info("%s: no vote from %s: %s", txid, shard, exc)
                 return
+            if self.paxos is not None:
+                return  # the vote travels to the acceptors as phase 2a, and reaches us as 2b
             if not yes:
                 active.no_reasons.append(f"{shard}: {reason}")
+            active.hop = max(active.hop, 3)
             feed(tp.Vote(now=trio.current_time(), participant=shard, yes=yes))
 
-    async def _send_decision(self, txid: str, shard: str, outcome: str, feed: Callable[[tp.Event], None]) -> None:
+    async def _phase1a(self, txid: str, acceptor: str, ballot: Ballot, instances: tuple[str, ...],
+                       active: ActiveTxn, feed: Callable[[Any], None]) -> None:
+        params = {"txid": txid, "ballot": list(ballot), "participants": list(instances)}
+        self.tracer.sent(txid, "1a", acceptor, active.hop + 1)
+        with trio.move_on_after(self.vote_timeout_s):
+            try:
+                reply = await self.peers.call_node(acceptor, "paxos.phase1a", params)
+            except ClusterError as exc:
+                log.info("%s: no promise from %s: %s", txid, acceptor, exc)
+                return
+            accepted = {p: (ballot_of(b) if b is not None else None, v) for p, b, v in reply["accepted"]}
+            feed(pc.Phase1b(now=trio.current_time(), acceptor=acceptor, ballot=ballot,
+                            promised=reply["promised"], accepted=accepted))
+
+    async def _phase2a(self, txid: str, acceptor: str, ballot: Ballot, values: dict[str, str],
+                       active: ActiveTxn, feed: Callable[[Any], None]) -> None:
+        params = {"txid": txid, "ballot": list(ballot), "values": values}
+        self.tracer.sent(txid, "2a", acceptor, active.hop + 1)
+        with trio.move_on_after(self.vote_timeout_s):
+            try:
+                reply = await self.peers.call_node(acceptor, "paxos.accept", params)
+            except ClusterError as exc:
+                log.info("%s: %s did not accept: %s", txid, acceptor, exc)
+                return
+            if reply["accepted"]:
+                feed(pc.Phase2b(now=trio.current_time(), acceptor=acceptor, ballot=ballot, values=reply["accepted"]))
+
+    async def _send_decision(self, txid: str, shard: str, outcome: str, active: ActiveTxn,
+                             feed: Callable[[Any], None]) -> None:
         with trio.move_on_after(self.resend_s):
             try:
-                await self.peers.decide(shard, txid, outcome)
+                await self.peers.decide(shard, txid, outcome, active.hop + 1)
             except ClusterError as exc:
                 log.info("%s: %s not acknowledged by %s: %s", txid, outcome, shard, exc)
                 return
             feed(tp.Acked(now=trio.current_time(), participant=shard))
 
     async def _finish(self, txid: str) -> None:
+        assert self.store is not None
         try:
-            await self._durably("finish record", txid, lambda: self.store.finish(txid))
+            await self._durably("finish record", txid, lambda: self.store.finish(txid), forced=False)
         except ClusterError as exc:
             log.info("%s: finish record not written (a later leader will): %s", txid, exc)
 

@@ -3,7 +3,8 @@
 A coordinator reaches shard leaders, and an in-doubt shard reaches the
 coordinator, with the same machinery as any client (leader cache, redirects,
 retries), so node-to-node traffic is authenticated and bounded the same way.
-Callers put their own deadline around each call.
+Callers put their own deadline around each call. Every protocol message
+sent through here is recorded in the node's ``Tracer``.
 """
 
 from __future__ import annotations
@@ -11,39 +12,58 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from commit.config import COORDINATOR_GROUP
+from commit.tracing import Tracer
 from commit.txids import ONE_PHASE, authority_of
 
 if TYPE_CHECKING:
     from commit.client import Database
 
-
-def wire_payload(reads: Any, writes: Any) -> dict[str, Any]:
-    return {"reads": [list(r) for r in reads], "writes": [list(w) for w in writes]}
+COORDINATED_BY_GROUP = ("raft-2pc", "paxos-commit", "fast-paxos-commit")
 
 
 class Peers:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, tracer: Tracer | None = None) -> None:
         self.db = db
+        self.tracer = tracer
 
-    async def prepare(self, shard: str, txid: str, payload: dict[str, Any] | None) -> tuple[bool, str]:
+    def _trace(self, txid: str, kind: str, group: str, hop: int) -> None:
+        if self.tracer is not None:
+            self.tracer.sent(txid, kind, self.db.leader_of(group) or group, hop)
+
+    async def call_node(self, node_id: str, method: str, params: dict[str, Any]) -> dict[str, Any]:
+        return await self.db.call_node(node_id, method, params)
+
+    async def call_group_traced(self, group: str, method: str, params: dict[str, Any], kind: str,
+                                hop: int) -> dict[str, Any]:
+        self._trace(params["txid"], kind, group, hop)
+        return await self.db.call_group(group, method, params)
+
+    async def prepare(self, shard: str, txid: str, payload: dict[str, Any] | None,
+                      meta: dict[str, Any]) -> tuple[bool, str]:
         """PREPARE with the payload, or, for a coordinator that recovered without it, a vote query."""
         if payload is None:
             reply = await self.db.call_group(shard, "shard.query", {"txid": txid, "shard": shard})
             return reply["state"] in ("prepared", "committed"), reply["state"]
-        reply = await self.db.call_group(shard, "shard.prepare", {"txid": txid, "shard": shard, **payload})
+        params = {"txid": txid, "shard": shard, **payload, **meta}
+        reply = await self.call_group_traced(shard, "shard.prepare", params, "prepare", meta["hop"])
         return reply["vote"] == "yes", reply.get("reason", "")
 
-    async def decide(self, shard: str, txid: str, outcome: str) -> None:
-        await self.db.call_group(shard, "shard.decide", {"txid": txid, "shard": shard, "outcome": outcome})
+    async def decide(self, shard: str, txid: str, outcome: str, hop: int) -> None:
+        params = {"txid": txid, "shard": shard, "outcome": outcome}
+        kind = "commit" if outcome == "committed" else "abort"
+        await self.call_group_traced(shard, "shard.decide", params, kind, hop)
 
-    async def status(self, txid: str) -> str:
+    async def status(self, txid: str, participants: tuple[str, ...] = ()) -> str:
         """The outcome as the authority for txid knows it: committed, aborted or pending."""
         protocol, shard = authority_of(txid)
         if protocol == ONE_PHASE and shard is not None:
             reply = await self.db.call_group(shard, "shard.query", {"txid": txid, "shard": shard})
             return reply["state"]
+        params: dict[str, Any] = {"txid": txid}
+        if participants:
+            params["participants"] = list(participants)
         if protocol == "2pc":
-            reply = await self.db.call_node(self.db.config.twopc_coordinator, "txn.status", {"txid": txid})
+            reply = await self.db.call_node(self.db.config.twopc_coordinator, "txn.status", params)
         else:
-            reply = await self.db.call_group(COORDINATOR_GROUP, "txn.status", {"txid": txid})
+            reply = await self.db.call_group(COORDINATOR_GROUP, "txn.status", params)
         return reply["outcome"]

@@ -47,9 +47,13 @@ class InDoubtResolver:
 
     async def resolve(self, group: ReplicaGroup, txid: str) -> str:
         """Ask txid's authority for the outcome; apply it here if decided. Returns what was learned."""
+        machine = group.machine
+        assert isinstance(machine, ShardState)
+        prepared = machine.prepared.get(txid)
+        participants = prepared.participants if prepared is not None else ()
         with trio.move_on_after(self.ask_timeout_s):
             try:
-                outcome = await self.peers.status(txid)
+                outcome = await self.peers.status(txid, participants)
             except ClusterError as exc:
                 log.info("%s in doubt on %s: authority unreachable: %s", txid, group.name, exc)
                 return "unreachable"

@@ -20,13 +20,24 @@ import trio
 
 from commit.client import connect
 from commit.config import COORDINATOR_GROUP, ClusterConfig
-from commit.coordinating import FaultHooks, LocalLogStore, RaftStore, TransactionManager, recover_in_flight
+from commit.coordinating import (
+    PAXOS,
+    FaultHooks,
+    LocalLogStore,
+    PaxosSetup,
+    RaftStore,
+    TransactionManager,
+    recover_in_flight,
+)
 from commit.coordinator import CoordinatorState
+from commit.paxos_node import PaxosNode
 from commit.peers import Peers
 from commit.resolver import InDoubtResolver
 from commit.service import NodeService
 from commit.shard import ShardState
+from commit.tracing import Tracer
 from commit.txlog import DecisionLog
+from consensus.acceptor import Acceptor
 from consensus.errors import ClusterError
 from consensus.group import ReplicaGroup, StateMachine, open_replica_groups
 from consensus.rpc import serve_rpc
@@ -69,22 +80,30 @@ async def serve_node(
     specs = [(spec, _machine_for(spec.name)) for spec in config.group_specs(node_id)]
     txn = config.transactions
     hooks = FaultHooks(txn.fault_hooks)
+    tracer = Tracer(node_id)
+    acceptors = config.coordinator_members
     with open_replica_groups(specs, token) as groups:
         async with connect(config) as peer_db, trio.open_nursery() as nursery:
-            peers = Peers(peer_db)
+            peers = Peers(peer_db, tracer)
 
-            def manager(protocol: str, store: LocalLogStore | RaftStore) -> TransactionManager:
+            def manager(protocol: str, store: LocalLogStore | RaftStore | None,
+                        paxos: PaxosSetup | None = None) -> TransactionManager:
                 return TransactionManager(
-                    protocol, store, peers, vote_timeout_s=txn.vote_timeout_s,
+                    protocol, store, peers, node_id=node_id, vote_timeout_s=txn.vote_timeout_s,
                     resend_s=txn.decision_resend_s, persist_timeout_s=config.timeouts.request_s,
-                    hooks=hooks, nursery=nursery,
+                    hooks=hooks, tracer=tracer, nursery=nursery, paxos=paxos,
                 )
 
             managers: dict[str, TransactionManager] = {}
             coord = groups.get(COORDINATOR_GROUP)
+            acceptor = None
             if coord is not None:
                 managers["raft-2pc"] = manager("raft-2pc", RaftStore(coord))
                 nursery.start_soon(_watch_coordinator_leadership, managers["raft-2pc"], coord)
+                setup = PaxosSetup(acceptors, acceptors.index(node_id), coord.term)
+                for protocol in PAXOS:
+                    managers[protocol] = manager(protocol, None, setup)
+                acceptor = Acceptor(node_id, config.node_dir(node_id) / "acceptor.log", config.durability)
             if node_id == config.twopc_coordinator:
                 decision_log = DecisionLog(config.node_dir(node_id) / "2pc.log")
                 managers["2pc"] = manager("2pc", LocalLogStore(decision_log))
@@ -96,7 +115,9 @@ async def serve_node(
                 ask_timeout_s=config.timeouts.request_s,
             )
             nursery.start_soon(resolver.run)
-            service = NodeService(config, node_id, groups, managers, resolver, hooks)
+            paxos_node = PaxosNode(node_id, acceptor, acceptors, peers, tracer, shards,
+                                   txn.vote_timeout_s, nursery)
+            service = NodeService(config, node_id, groups, managers, resolver, hooks, paxos_node, tracer)
             await nursery.start(
                 partial(
                     serve_rpc, service.router(), node_id=node_id, host=node.host,

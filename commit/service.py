@@ -16,6 +16,12 @@ Methods (params -> result):
     shard.prepare    {txid, shard, reads, writes}   -> {vote, reason?}
     shard.query      {txid, shard}                  -> {state}       (fences unknown txids)
     shard.decide     {txid, shard, outcome}         -> {state}
+    paxos.phase2a    {txid, shard, value, participants, leader, fast, hop} -> {}   acceptor, ballot 0
+    paxos.phase2b    {txid, acceptor, ballot, values, hop}                -> {}   leader
+    paxos.learn      {txid, shard, acceptor, ballot, values, participants, hop} -> {outcome}  fast participant
+    paxos.phase1a    {txid, ballot, participants}   -> {promised, accepted}      acceptor
+    paxos.accept     {txid, ballot, values}         -> {accepted}                acceptor
+    node.trace       {txid}                         -> {events}
     coord.epoch      {session}                      -> {epoch}
     node.status      {}                             -> {node, groups, transactions, in_doubt}
     node.compact     {}                             -> {groups}
@@ -35,13 +41,18 @@ from typing import Any
 import trio
 
 from commit.config import COORDINATOR_GROUP, ClusterConfig, shard_group
-from commit.coordinating import FaultHooks, TransactionManager
+from commit.coordinating import PAXOS, FaultHooks, TransactionManager
 from commit.coordinator import ABORTED, COMMITTED, CoordinatorState
 from commit.errors import CommitUnknown, Conflict
+from commit.paxos_node import PaxosNode
+from commit.peers import COORDINATED_BY_GROUP
+from commit.protocols.paxos_commit import PREPARED, Phase2b
 from commit.resolver import InDoubtResolver
 from commit.routing import key_bytes, shard_of
 from commit.shard import ShardState
+from commit.tracing import Tracer
 from commit.txids import ONE_PHASE, authority_of, check_txid
+from consensus.paxos import BALLOT_ZERO, Ballot, ballot_of
 from consensus.errors import InvalidRequest, NotLeader, Timeout, Unavailable
 from consensus.group import ReplicaGroup
 from consensus.sessions import SessionRef
@@ -74,6 +85,8 @@ class NodeService:
         managers: dict[str, TransactionManager],
         resolver: InDoubtResolver,
         hooks: FaultHooks,
+        paxos: PaxosNode,
+        tracer: Tracer,
     ) -> None:
         self.config = config
         self.node_id = node_id
@@ -81,6 +94,8 @@ class NodeService:
         self.managers = managers
         self.resolver = resolver
         self.hooks = hooks
+        self.paxos = paxos
+        self.tracer = tracer
         self.one_phase: dict[str, int] = {COMMITTED: 0, ABORTED: 0}
 
     def router(self) -> dict[str, Callable[[dict[str, Any]], Awaitable[Any]]]:
@@ -94,6 +109,12 @@ class NodeService:
             "shard.prepare": self.shard_prepare,
             "shard.query": self.shard_query,
             "shard.decide": self.shard_decide,
+            "paxos.phase2a": self.paxos_phase2a,
+            "paxos.phase2b": self.paxos_phase2b,
+            "paxos.learn": self.paxos_learn,
+            "paxos.phase1a": self.paxos_phase1a,
+            "paxos.accept": self.paxos_accept,
+            "node.trace": self.node_trace,
             "coord.epoch": self.coord_epoch,
             "node.status": self.node_status,
             "node.compact": self.node_compact,
@@ -164,10 +185,41 @@ class NodeService:
                 raise NotLeader(f"2pc transactions are coordinated by {self.config.twopc_coordinator}",
                                 leader=self.config.twopc_coordinator)
             return self.managers["2pc"]
-        if protocol == "raft-2pc":
+        if protocol in COORDINATED_BY_GROUP:
             self._leading(COORDINATOR_GROUP)
-            return self.managers["raft-2pc"]
+            return self.managers[protocol]
         raise InvalidRequest(f"{txid} is not a coordinated transaction")
+
+    def _shards(self, raw: Any, what: str) -> tuple[str, ...]:
+        if not isinstance(raw, list) or not raw:
+            raise InvalidRequest(f"{what} must be a non-empty array of shard names")
+        return tuple(self._shard_name(s) for s in raw)
+
+    def _node_id(self, raw: Any, what: str) -> str:
+        if raw not in {n.id for n in self.config.nodes}:
+            raise InvalidRequest(f"{what} must be a node id of this cluster, got {raw!r:.40}")
+        return raw
+
+    def _hop(self, params: dict[str, Any]) -> int:
+        hop = params.get("hop", 1)
+        if not isinstance(hop, int) or isinstance(hop, bool) or not 1 <= hop <= 64:
+            raise InvalidRequest("hop must be an integer from 1 to 64")
+        return hop
+
+    def _ballot(self, raw: Any) -> Ballot:
+        try:
+            return ballot_of(raw)
+        except ValueError as exc:
+            raise InvalidRequest(str(exc)) from None
+
+    def _votes(self, raw: Any, what: str) -> dict[str, str]:
+        if not isinstance(raw, dict) or not all(v in (PREPARED, ABORTED) for v in raw.values()):
+            raise InvalidRequest(f"{what} must map shard names to 'prepared' or 'aborted'")
+        return {self._shard_name(k): v for k, v in raw.items()}
+
+    def _acceptor_here(self) -> None:
+        if self.paxos.acceptor is None:
+            raise InvalidRequest(f"node {self.node_id} is not an acceptor (not in the coordinator group)")
 
     async def _within_request_timeout(self, what: str, work: Callable[[], Awaitable[Any]], maybe_applied: bool) -> Any:
         with trio.move_on_after(self.config.timeouts.request_s):
@@ -240,8 +292,10 @@ class NodeService:
 
     async def txn_status(self, params: dict[str, Any]) -> dict[str, Any]:
         txid = check_txid(params.get("txid"))
+        participants = self._shards(params["participants"], "participants") if "participants" in params else ()
         manager = self._manager(txid)
-        outcome = await self._within_request_timeout("txn.status", lambda: manager.status(txid), True)
+        outcome = await self._within_request_timeout(
+            "txn.status", lambda: manager.status(txid, participants), True)
         return {"outcome": outcome}
 
     # -- transactions: participant side ---------------------------------------------
@@ -260,16 +314,95 @@ class NodeService:
         except Conflict:
             self.one_phase[ABORTED] += 1
             raise
+        self.tracer.forced(txid, "shard commit_one")
         self.one_phase[COMMITTED] += 1
         return {"outcome": outcome}
 
     async def shard_prepare(self, params: dict[str, Any]) -> dict[str, Any]:
         txid, group = self._participant(params)
         reads, writes = self._payload(params, group.name)
-        vote = await self._propose(group, ("prepare", txid, reads, writes))
+        protocol, _ = authority_of(txid)
+        participants = self._shards(params.get("participants", [group.name]), "participants")
+        leader = self._node_id(params.get("leader", self.node_id), "leader")
+        hop = self._hop(params)
+        if group.name not in participants:
+            raise InvalidRequest(f"{group.name} is not among the participants {participants}")
+        vote = await self._propose(group, ("prepare", txid, reads, writes, participants))
+        self.tracer.forced(txid, "shard prepare")
+        if protocol in PAXOS:
+            value = PREPARED if vote == "yes" else ABORTED
+            self.paxos.nursery.start_soon(self._send_vote, txid, group.name, value, participants, leader,
+                                          protocol == "fast-paxos-commit", hop + 1)
+        else:
+            self.tracer.sent(txid, "vote", leader, hop + 1)
         if vote == "yes":
             return {"vote": "yes"}
         return {"vote": "no", "reason": vote[1]}
+
+    async def _send_vote(self, txid: str, shard: str, value: str, participants: tuple[str, ...], leader: str,
+                         fast: bool, hop: int) -> None:
+        await self.hooks.checkpoint("participant.before_2a", txid)
+        self.paxos.send_vote(txid, shard, value, participants, leader, fast, hop)
+
+    # -- Paxos Commit: acceptors, leader, fast participants ----------------------------
+
+    async def paxos_phase2a(self, params: dict[str, Any]) -> dict[str, Any]:
+        self._acceptor_here()
+        txid = check_txid(params.get("txid"))
+        shard = self._shard_name(params.get("shard"))
+        value = params.get("value")
+        if value not in (PREPARED, ABORTED):
+            raise InvalidRequest("value must be 'prepared' or 'aborted'")
+        participants = self._shards(params.get("participants"), "participants")
+        if shard not in participants:
+            raise InvalidRequest(f"{shard} is not among the participants")
+        leader = self._node_id(params.get("leader"), "leader")
+        fast = params.get("fast") is True
+        await self.paxos.on_phase2a(txid, shard, value, participants, leader, fast, self._hop(params))
+        return {}
+
+    async def paxos_phase2b(self, params: dict[str, Any]) -> dict[str, Any]:
+        txid = check_txid(params.get("txid"))
+        acceptor = params.get("acceptor")
+        if acceptor not in self.paxos.acceptor_ids:
+            raise InvalidRequest(f"{acceptor!r:.40} is not an acceptor")
+        ballot = self._ballot(params.get("ballot"))
+        values = self._votes(params.get("values"), "values")
+        manager = self._manager(txid)
+        manager.deliver(txid, Phase2b(now=trio.current_time(), acceptor=acceptor, ballot=ballot, values=values),
+                        self._hop(params))
+        return {}
+
+    async def paxos_learn(self, params: dict[str, Any]) -> dict[str, Any]:
+        txid, group = self._participant(params)
+        acceptor = params.get("acceptor")
+        if acceptor not in self.paxos.acceptor_ids:
+            raise InvalidRequest(f"{acceptor!r:.40} is not an acceptor")
+        if self._ballot(params.get("ballot")) != BALLOT_ZERO:
+            raise InvalidRequest("participants learn from ballot-0 bundles only")
+        values = self._votes(params.get("values"), "values")
+        participants = self._shards(params.get("participants"), "participants")
+        outcome = await self._within_request_timeout(
+            "paxos.learn", lambda: self.paxos.on_learn(txid, group.name, acceptor, values, participants), True)
+        return {"outcome": outcome}
+
+    async def paxos_phase1a(self, params: dict[str, Any]) -> dict[str, Any]:
+        self._acceptor_here()
+        txid = check_txid(params.get("txid"))
+        ballot = self._ballot(params.get("ballot"))
+        participants = self._shards(params.get("participants"), "participants")
+        return await self.paxos.on_phase1a(txid, ballot, participants)
+
+    async def paxos_accept(self, params: dict[str, Any]) -> dict[str, Any]:
+        self._acceptor_here()
+        txid = check_txid(params.get("txid"))
+        ballot = self._ballot(params.get("ballot"))
+        if ballot == BALLOT_ZERO:
+            raise InvalidRequest("ballot 0 belongs to the participants (paxos.phase2a)")
+        return await self.paxos.on_accept(txid, ballot, self._votes(params.get("values"), "values"))
+
+    async def node_trace(self, params: dict[str, Any]) -> dict[str, Any]:
+        return {"events": self.tracer.of(check_txid(params.get("txid")))}
 
     async def shard_query(self, params: dict[str, Any]) -> dict[str, Any]:
         txid, group = self._participant(params)

@@ -74,6 +74,7 @@ class Lock:
 class Prepared:
     reads: Reads
     writes: Writes
+    participants: tuple[str, ...] = ()  # Paxos Commit: the instances a recovering leader must look at
 
 
 class ShardState:
@@ -115,7 +116,9 @@ class ShardState:
                 self._check_unlocked(key)
                 return self._write(key, None)
             case ("prepare", str() as txid, tuple() as reads, tuple() as writes):
-                return self._prepare(txid, reads, writes)
+                return self._prepare(txid, reads, writes, ())
+            case ("prepare", str() as txid, tuple() as reads, tuple() as writes, tuple() as participants):
+                return self._prepare(txid, reads, writes, participants)
             case ("commit", str() as txid):
                 return self._commit(txid)
             case ("abort", str() as txid):
@@ -158,7 +161,7 @@ class ShardState:
                 return f"{key!r:.60} is locked by {holder}"
         return None
 
-    def _prepare(self, txid: str, reads: Reads, writes: Writes) -> Any:
+    def _prepare(self, txid: str, reads: Reads, writes: Writes, participants: tuple[str, ...]) -> Any:
         state = self.state_of(txid)
         if state == PREPARED or state == COMMITTED:
             return "yes"
@@ -174,7 +177,7 @@ class ShardState:
                 self.locks.setdefault(key, Lock()).shared[txid] = None
         for key in written:
             self.locks.setdefault(key, Lock()).exclusive = txid
-        self.prepared[txid] = Prepared(reads, writes)
+        self.prepared[txid] = Prepared(reads, writes, participants)
         return "yes"
 
     def _release(self, txid: str, prepared: Prepared) -> None:

@@ -16,7 +16,7 @@ import re
 from consensus.errors import InvalidRequest
 
 ONE_PHASE = "1pc"
-_TXID = re.compile(r"^(2pc|raft-2pc|1pc:shard-\d{1,4}):[0-9a-f]{32}$")
+_TXID = re.compile(r"(2pc|raft-2pc|paxos-commit|fast-paxos-commit|1pc:shard-\d{1,4}):[0-9a-f]{32}")
 
 
 def new_txid(protocol: str, shard: str | None = None) -> str:

@@ -156,6 +156,10 @@ class ReplicaGroup:
         """The local replica's state; read it only after ``read_barrier`` for linearizability."""
         return self._state.machine
 
+    def term(self) -> int:
+        """This replica's current Raft term (durable: it never goes back, even across restarts)."""
+        return int(self._syncobj.raftCurrentTerm)
+
     def is_leader(self) -> bool:
         """Local, possibly stale view; safe for routing, not for reads."""
         return bool(self._syncobj._isLeader())

@@ -1,0 +1,90 @@
+"""What each transaction cost: protocol messages by type, forced writes, and message delays.
+
+Every node keeps, per transaction id, the protocol messages it sent (type,
+from, to, hop) and the forced writes it made (durable writes some message
+had to wait for). ``hop`` is the message's depth on the critical path: the
+client's commit request is hop 1 and every message caused by a message of
+hop h has hop h+1, so the largest hop of a transaction is the number of
+message delays until the last participant learned the outcome.
+
+``python node.py trace TXID`` merges the nodes' records into one sequence
+diagram; the tests compare the counts with Gray & Lamport's formulas.
+Bounded: the oldest transactions are forgotten first.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter, OrderedDict
+from typing import Any
+
+MAX_TRACED = 20_000
+
+
+class Tracer:
+    def __init__(self, node_id: str) -> None:
+        self.node_id = node_id
+        self.events: OrderedDict[str, list[dict[str, Any]]] = OrderedDict()
+        self.messages: Counter[str] = Counter()
+        self.forced_writes: Counter[str] = Counter()
+
+    def _add(self, txid: str, event: dict[str, Any]) -> None:
+        events = self.events.get(txid)
+        if events is None:
+            events = self.events[txid] = []
+            while len(self.events) > MAX_TRACED:
+                self.events.popitem(last=False)
+        events.append({"t": time.time(), "node": self.node_id, **event})
+
+    def sent(self, txid: str, kind: str, dst: str, hop: int) -> None:
+        self.messages[kind] += 1
+        self._add(txid, {"event": "message", "kind": kind, "src": self.node_id, "dst": dst, "hop": hop})
+
+    def forced(self, txid: str, what: str) -> None:
+        self.forced_writes[what] += 1
+        self._add(txid, {"event": "forced_write", "kind": what})
+
+    def of(self, txid: str) -> list[dict[str, Any]]:
+        return list(self.events.get(txid, []))
+
+
+def summarize(events: list[dict[str, Any]]) -> dict[str, Any]:
+    messages = [e for e in events if e["event"] == "message"]
+    return {
+        "messages": len(messages),
+        "messages_by_type": dict(Counter(e["kind"] for e in messages)),
+        "forced_writes": sum(1 for e in events if e["event"] == "forced_write"),
+        "forced_writes_by_type": dict(Counter(e["kind"] for e in events if e["event"] == "forced_write")),
+        "message_delays": max((e["hop"] for e in messages), default=0),
+    }
+
+
+def sequence_diagram(events: list[dict[str, Any]], nodes: list[str]) -> str:
+    """A text sequence diagram: one column per node, one line per message or forced write, in time order."""
+    width = 18
+    centers = [i * width + width // 2 for i in range(len(nodes))]
+    col = {n: centers[i] for i, n in enumerate(nodes)}
+    lines = ["".join(n.center(width) for n in nodes).rstrip()]
+    for e in sorted(events, key=lambda e: e["t"]):
+        row = [" "] * (width * len(nodes))
+        for c in centers:
+            row[c] = "|"
+        note = ""
+        if e["event"] == "message" and e["src"] in col and e["dst"] in col:
+            a, b = col[e["src"]], col[e["dst"]]
+            label = f"{e['kind']}({e['hop']})"
+            if a == b:
+                note = f"{e['src']}: {label} to itself"
+            else:
+                lo, hi = min(a, b), max(a, b)
+                for x in range(lo + 1, hi):
+                    row[x] = "-"
+                row[hi - 1 if b > a else lo + 1] = ">" if b > a else "<"
+                room = hi - lo - 4
+                text = label[:room]
+                start = lo + 2 + (room - len(text)) // 2
+                row[start : start + len(text)] = list(text)
+        elif e["event"] == "forced_write":
+            note = f"{e['node']}: forced write ({e['kind']})"
+        lines.append(("".join(row).rstrip() + ("   " + note if note else "")).rstrip())
+    return "\n".join(lines)
