@@ -4,6 +4,7 @@
     python node.py up [--detach]        start every node of the config
     python node.py down [--clean]       stop nodes started with --detach
     python node.py status [--json]      one row per group replica
+    python node.py trace TXID           a transaction's messages as a sequence diagram
     python node.py compact              force log compaction on every node
 
 ``--config PATH`` (default ``cluster.toml``) is accepted by every command.
@@ -32,6 +33,7 @@ from commit.admin import (
     STATUS_COLUMNS,
     TXN_COLUMNS,
     cluster_report,
+    transaction_trace,
     leaderless_groups,
     node_call,
     wait_for_leaders,
@@ -40,6 +42,7 @@ from commit.config import ClusterConfig, ConfigError, load_config
 from commit.localcluster import spawn_node
 from commit.server import serve_node
 from commit.tables import format_table
+from commit.tracing import sequence_diagram, summarize
 
 STOP_GRACE_S = 10.0
 
@@ -204,6 +207,22 @@ def cmd_status(config: ClusterConfig, args: argparse.Namespace) -> int:
     return 0 if any(r.get("reachable") for r in rows) else 1
 
 
+def cmd_trace(config: ClusterConfig, args: argparse.Namespace) -> int:
+    events = trio.run(transaction_trace, config, args.txid)
+    summary = summarize(events)
+    if args.json:
+        print(json.dumps({"txid": args.txid, **summary, "events": events}, indent=2))
+        return 0 if events else 1
+    if not events:
+        print(f"no node remembers {args.txid}", file=sys.stderr)
+        return 1
+    print(sequence_diagram(events, [n.id for n in config.nodes]))
+    print(f"\n{summary['messages']} protocol messages {summary['messages_by_type']}, "
+          f"{summary['forced_writes']} forced writes {summary['forced_writes_by_type']}, "
+          f"{summary['message_delays']} message delays (the client's request is delay 1)")
+    return 0
+
+
 def cmd_compact(config: ClusterConfig, args: argparse.Namespace) -> int:
     async def compact_all() -> None:
         for node in config.nodes:
@@ -231,6 +250,10 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", parents=[common], help="one row per group replica")
     status.add_argument("--json", action="store_true")
     status.set_defaults(func=cmd_status)
+    trace = sub.add_parser("trace", parents=[common], help="a transaction's messages as a sequence diagram")
+    trace.add_argument("txid")
+    trace.add_argument("--json", action="store_true")
+    trace.set_defaults(func=cmd_trace)
     compact = sub.add_parser("compact", parents=[common], help="force log compaction on every node")
     compact.set_defaults(func=cmd_compact)
     return parser

@@ -94,3 +94,19 @@ async def wait_for_leaders(
                 progress(line)
                 last = line
             await trio.sleep(0.2)
+
+
+async def transaction_trace(config: ClusterConfig, txid: str) -> list[dict[str, Any]]:
+    """Every node's record of txid's protocol messages and forced writes (unreachable nodes skipped)."""
+    events: list[dict[str, Any]] = []
+
+    async def collect(node_id: str) -> None:
+        try:
+            events.extend((await node_call(config, node_id, "node.trace", {"txid": txid}))["events"])
+        except (ClusterError, trio.TooSlowError):
+            pass
+
+    async with trio.open_nursery() as nursery:
+        for node in config.nodes:
+            nursery.start_soon(collect, node.id)
+    return sorted(events, key=lambda e: e["t"])

@@ -120,9 +120,13 @@ class Database:
         """Run ``fn(tx, *args)`` and commit, retrying on conflict; see ``commit.transaction``."""
         return await run_transaction(self, fn, *args, protocol=protocol)
 
-    async def status(self, txid: str) -> str:
-        """``committed``, ``aborted`` or ``pending``: asks the authority for txid (unknown means aborted)."""
-        return await Peers(self).status(check_txid(txid))
+    async def status(self, txid: str, participants: tuple[str, ...] = ()) -> str:
+        """``committed``, ``aborted`` or ``pending``: asks the authority for txid (unknown means aborted).
+
+        A Paxos Commit outcome lives with the acceptors, one instance per participant: pass the
+        participants (``CommitUnknown.participants``) so a leader that never saw txid can recover it.
+        """
+        return await Peers(self).status(check_txid(txid), tuple(participants))
 
     async def new_epoch(self) -> int:
         """A fresh number from the coordinator group, larger than any handed out before."""

@@ -24,3 +24,8 @@ class CommitUnknown(ClusterError):
     @property
     def txid(self) -> str:
         return str(self.detail.get("txid", ""))
+
+    @property
+    def participants(self) -> tuple[str, ...]:
+        raw = self.detail.get("participants", ())
+        return tuple(p for p in raw if isinstance(p, str)) if isinstance(raw, (list, tuple)) else ()

@@ -70,6 +70,8 @@ def render_config(
     timeouts: dict[str, Any] | None = None,
     limits: dict[str, Any] | None = None,
     transactions: dict[str, Any] | None = None,
+    coordinator_members: list[str] | None = None,
+    shard_members: list[str] | None = None,
 ) -> str:
     stride = 1 + (1 + shards)
     lines = ["[cluster]", f'data_dir = "{data_dir}"', f'durability = "{durability}"']
@@ -79,9 +81,11 @@ def render_config(
         rpc = base_port + i * stride
         lines += ["", "[[nodes]]", f'id = "{node_id}"', 'host = "127.0.0.1"',
                   f"rpc_port = {rpc}", f"raft_port = {rpc + 1}"]
-    members = ", ".join(f'"{n}"' for n in node_ids)
-    lines += ["", "[coordinator]", f"members = [{members}]",
-              "", "[shards]", f"count = {shards}", f"members = [{members}]"]
+    def members(ids: list[str] | None) -> str:
+        return ", ".join(f'"{n}"' for n in (ids or node_ids))
+
+    lines += ["", "[coordinator]", f"members = [{members(coordinator_members)}]",
+              "", "[shards]", f"count = {shards}", f"members = [{members(shard_members)}]"]
     tables = (("raft", raft), ("timeouts", timeouts), ("limits", limits), ("transactions", transactions))
     for table, values in tables:
         if values:
@@ -95,6 +99,13 @@ def _toml(value: Any) -> str:
     if isinstance(value, str):
         return f'"{value}"'
     return repr(value)
+
+
+def _returns(check: Any) -> Any:
+    async def predicate() -> bool:
+        return bool(check())
+
+    return predicate
 
 
 @dataclass
@@ -188,9 +199,13 @@ class LocalCluster:
         await self.wait_until(clean, within_s, "every shard to hold no prepared transaction and no lock")
 
     async def start_held_transfer(
-        self, db: Any, protocol: str, point: str, src: str, dst: str, nursery: trio.Nursery
+        self, db: Any, protocol: str, point: str, src: str, dst: str, nursery: trio.Nursery,
+        until_prepared: bool = True,
     ) -> Any:
         """Arm ``point`` on the coordinator, start a src -> dst transfer of 30, return once both shards prepared.
+
+        With ``until_prepared=False`` it returns once the commit is under way (Faster Paxos Commit's
+        participants may learn the outcome and finish before anyone could see them prepared).
 
         Needs ``transactions.fault_hooks``. The commit runs in ``nursery`` and its error (the coordinator
         is meant to die under it) is ignored: callers judge the outcome from the shards.
@@ -218,7 +233,10 @@ class LocalCluster:
             rows = await self.shard_leader_rows()
             return all(rows.get(s, {}).get("prepared", 0) >= 1 for s in shards)
 
-        await self.wait_until(prepared, 10, "both participants to be prepared")
+        if until_prepared:
+            await self.wait_until(prepared, 10, "both participants to be prepared")
+        else:
+            await self.wait_until(_returns(lambda: tx.txid is not None), 10, "the commit to start")
         return tx
 
     async def wait_until(self, predicate: Any, timeout_s: float, what: str) -> Any:

@@ -9,6 +9,7 @@ sent through here is recorded in the node's ``Tracer``.
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Any
 
 from commit.config import COORDINATOR_GROUP
@@ -26,17 +27,19 @@ class Peers:
         self.db = db
         self.tracer = tracer
 
-    def _trace(self, txid: str, kind: str, group: str, hop: int) -> None:
-        if self.tracer is not None:
-            self.tracer.sent(txid, kind, self.db.leader_of(group) or group, hop)
 
     async def call_node(self, node_id: str, method: str, params: dict[str, Any]) -> dict[str, Any]:
         return await self.db.call_node(node_id, method, params)
 
     async def call_group_traced(self, group: str, method: str, params: dict[str, Any], kind: str,
                                 hop: int) -> dict[str, Any]:
-        self._trace(params["txid"], kind, group, hop)
-        return await self.db.call_group(group, method, params)
+        """A protocol message to ``group``'s leader, traced as sent to the node that turned out to lead it."""
+        sent_at = time.time()
+        try:
+            return await self.db.call_group(group, method, params)
+        finally:
+            if self.tracer is not None:
+                self.tracer.sent(params["txid"], kind, self.db.leader_of(group) or group, hop, at=sent_at)
 
     async def prepare(self, shard: str, txid: str, payload: dict[str, Any] | None,
                       meta: dict[str, Any]) -> tuple[bool, str]:

@@ -28,17 +28,18 @@ class Tracer:
         self.messages: Counter[str] = Counter()
         self.forced_writes: Counter[str] = Counter()
 
-    def _add(self, txid: str, event: dict[str, Any]) -> None:
+    def _add(self, txid: str, event: dict[str, Any], at: float | None = None) -> None:
         events = self.events.get(txid)
         if events is None:
             events = self.events[txid] = []
             while len(self.events) > MAX_TRACED:
                 self.events.popitem(last=False)
-        events.append({"t": time.time(), "node": self.node_id, **event})
+        events.append({"t": time.time() if at is None else at, "node": self.node_id, **event})
 
-    def sent(self, txid: str, kind: str, dst: str, hop: int) -> None:
+    def sent(self, txid: str, kind: str, dst: str, hop: int, at: float | None = None) -> None:
+        """A message sent at ``at`` (default now): recorded late when the destination was known only then."""
         self.messages[kind] += 1
-        self._add(txid, {"event": "message", "kind": kind, "src": self.node_id, "dst": dst, "hop": hop})
+        self._add(txid, {"event": "message", "kind": kind, "src": self.node_id, "dst": dst, "hop": hop}, at)
 
     def forced(self, txid: str, what: str) -> None:
         self.forced_writes[what] += 1

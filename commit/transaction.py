@@ -62,6 +62,7 @@ class Transaction:
         self.db = db
         self.protocol = protocol
         self.txid: str | None = None
+        self.participants: tuple[str, ...] = ()
         self._reads: dict[bytes, Versioned] = {}
         self._writes: dict[bytes, bytes | None] = {}
         self._state = "open"
@@ -117,6 +118,7 @@ class Transaction:
         self._check_open()
         self._state = "committing"
         participants = self._participants()
+        self.participants = tuple(sorted(participants))
         try:
             if not participants:
                 self._state = "committed"
@@ -143,19 +145,20 @@ class Transaction:
         assert self.txid is not None
         try:
             await call
-        except (Conflict, InvalidRequest, CommitUnknown):
+        except (Conflict, InvalidRequest):
             raise
         except ClusterError as exc:
-            if exc.maybe_applied:
-                raise CommitUnknown(f"{self.txid}: {exc.message}", txid=self.txid) from exc
+            if isinstance(exc, CommitUnknown) or exc.maybe_applied:
+                raise CommitUnknown(f"{self.txid}: {exc.message}", txid=self.txid,
+                                    participants=list(self.participants)) from exc
             raise
 
 
-async def _outcome(db: Database, txid: str, deadline: float) -> str:
+async def _outcome(db: Database, txid: str, participants: tuple[str, ...], deadline: float) -> str:
     """Ask for txid's outcome until it is decided or the deadline passes."""
     while True:
         try:
-            outcome = await db.status(txid)
+            outcome = await db.status(txid, participants)
             if outcome in (COMMITTED, ABORTED):
                 return outcome
         except (Unavailable, Timeout):
@@ -180,7 +183,7 @@ async def run(db: Database, fn: Callable[..., Awaitable[R]], *args: Any, protoco
         except Conflict as exc:
             last = exc
         except CommitUnknown as exc:
-            outcome = await _outcome(db, exc.txid, deadline)
+            outcome = await _outcome(db, exc.txid, exc.participants, deadline)
             if outcome == COMMITTED:
                 return result
             if outcome != ABORTED:
