@@ -1,4 +1,4 @@
-"""Cross-shard transfers, ``2pc`` against ``raft-2pc`` in one run, and what a coordinator crash costs.
+"""Cross-shard transfers under every commit protocol in one run, and what a coordinator crash costs.
 
     python -m bench.txn                  # throwaway 3-node cluster
     python -m bench.txn --json
@@ -7,7 +7,9 @@ Part 1, throughput and latency: for 2 and 3 shards per transaction, each
 protocol in turn runs ``--clients`` closed-loop clients doing transfer
 attempts for ``--seconds`` (a transfer reads one account on each shard and
 writes them all; a conflict counts as an abort, not retried). Protocols
-alternate on the same cluster, so their ratio is what to read.
+alternate on the same cluster, so their ratio is what to read; each row also
+gives the protocol messages, forced writes and message delays of one probe
+transaction of that shape, read back from the nodes' traces.
 
 Part 2, blocked time: for each protocol, a transfer is held at the
 coordinator between the votes and the decision (a test hook), the
@@ -29,12 +31,29 @@ import trio
 import commit
 from bench.harness import run_phase
 from bench.report import open_cluster, progress, write_report
+from commit.admin import transaction_trace
+from commit.config import PROTOCOLS
 from commit.localcluster import LocalCluster
 from commit.routing import keys_on_each_shard
 from commit.tables import format_table
+from commit.tracing import summarize
 
-COLUMNS = ("protocol", "shards", "clients", "ops", "aborts", "abort_rate", "ops_per_s", "p50_ms", "p99_ms")
+COLUMNS = ("protocol", "shards", "clients", "ops_per_s", "p50_ms", "p99_ms", "abort_rate", "msgs", "forced",
+           "delays")
+SETTLE_S = 1.0
 CRASH_COLUMNS = ("protocol", "outcome", "blocked_s", "needed_restart")
+
+
+async def _probe_costs(config: Any, protocol: str, shards: int) -> dict[str, int]:
+    """One transfer over ``shards`` shards, and what the nodes' traces say it cost."""
+    keys = [k[0] for k in keys_on_each_shard(f"probe-{protocol}-{shards}-", 1, config.shard_count)[:shards]]
+    async with commit.connect(config) as db:
+        async with db.transaction(protocol) as tx:
+            for key in keys:
+                tx.put(key, 1)
+    await trio.sleep(SETTLE_S)  # let the decision messages and their traces land
+    summary = summarize(await transaction_trace(config, tx.txid))
+    return {"msgs": summary["messages"], "forced": summary["forced_writes"], "delays": summary["message_delays"]}
 
 
 async def _blocked_time(cluster: LocalCluster, protocol: str, outage_s: float, round_: int) -> dict[str, Any]:
@@ -76,13 +95,14 @@ def main(argv: list[str] | None = None) -> int:
         assert cluster is not None
         for clients in (int(c) for c in args.clients.split(",")):
             for shards in (2, 3):
-                for protocol in ("2pc", "raft-2pc"):
+                for protocol in PROTOCOLS:
                     progress(f"{protocol}: {shards}-shard transfers, {clients} clients for {args.seconds}s ...")
                     params = {"protocol": protocol, "shards": shards, "prefix": f"{protocol}-{shards}-{clients}-",
                               "accounts_per_shard": args.accounts_per_shard, "start_balance": 1000}
                     phase = run_phase(config, "txn.transfer", params, clients, args.procs, args.seconds)
-                    rows.append({"protocol": protocol, "shards": shards, **phase})
-        for round_, protocol in enumerate(("raft-2pc", "2pc")):
+                    costs = trio.run(_probe_costs, config, protocol, shards)
+                    rows.append({"protocol": protocol, "shards": shards, **phase, **costs})
+        for round_, protocol in enumerate(("raft-2pc", "paxos-commit", "2pc")):
             progress(f"{protocol}: kill -9 the coordinator between votes and decision ...")
             crashes.append(trio.run(_blocked_time, cluster, protocol, args.outage, round_))
     report = {"bench": "txn", "rows": rows, "coordinator_kill": crashes}

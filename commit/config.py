@@ -64,7 +64,7 @@ PROTOCOLS = ("2pc", "raft-2pc", "paxos-commit", "fast-paxos-commit")
 
 @dataclass(frozen=True)
 class Transactions:
-    default_protocol: str = "raft-2pc"
+    default_protocol: str = "paxos-commit"
     twopc_coordinator: str = ""  # node id of the single 2pc coordinator; "" means the first node
     vote_timeout_s: float = 2.0
     decision_resend_s: float = 0.5

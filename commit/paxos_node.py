@@ -62,6 +62,8 @@ class PaxosNode:
         self.timeout_s = message_timeout_s
         self.nursery = nursery
         self._bundles: OrderedDict[str, _Bundle] = OrderedDict()
+        # Set by the node once its leader side exists: hands a 2b to a leader on this same node.
+        self.deliver_local: Any = None
         self._tallies: OrderedDict[tuple[str, str], dict[str, dict[str, str]]] = OrderedDict()
 
     async def _bounded(self, what: str, call: Any) -> Any:
@@ -82,8 +84,11 @@ class PaxosNode:
                   "leader": leader, "fast": fast, "hop": hop}
         for acceptor in self.acceptor_ids:
             self.tracer.sent(txid, "2a", acceptor, hop)
-            self.nursery.start_soon(
-                self._bounded, f"2a {txid} to {acceptor}", self.peers.call_node(acceptor, "paxos.phase2a", params))
+            if acceptor == self.node_id and self.acceptor is not None:
+                call = self.on_phase2a(txid, shard, value, participants, leader, fast, hop)  # same node: no RPC
+            else:
+                call = self.peers.call_node(acceptor, "paxos.phase2a", params)
+            self.nursery.start_soon(self._bounded, f"2a {txid} to {acceptor}", call)
 
     # -- acceptor -------------------------------------------------------------------------
 
@@ -113,14 +118,21 @@ class PaxosNode:
         params = {"txid": txid, "acceptor": self.acceptor.name, "ballot": list(BALLOT_ZERO),
                   "values": values, "hop": bundle.hop + 1}
         self.tracer.sent(txid, "2b", bundle.leader, bundle.hop + 1)
-        self.nursery.start_soon(
-            self._bounded, f"2b {txid} to {bundle.leader}", self.peers.call_node(bundle.leader, "paxos.phase2b", params))
+        if bundle.leader == self.node_id and self.deliver_local is not None:
+            self.deliver_local(txid, self.acceptor.name, BALLOT_ZERO, values, bundle.hop + 1)
+        else:
+            self.nursery.start_soon(self._bounded, f"2b {txid} to {bundle.leader}",
+                                    self.peers.call_node(bundle.leader, "paxos.phase2b", params))
         if bundle.fast:
             for shard in bundle.participants:
-                learn = {**params, "shard": shard, "participants": list(bundle.participants)}
-                self.nursery.start_soon(
-                    self._bounded, f"2b {txid} to {shard}",
-                    self.peers.call_group_traced(shard, "paxos.learn", learn, "2b", bundle.hop + 1))
+                group = self.shards.get(shard)
+                if group is not None and group.is_leader():  # this node leads that participant: no RPC
+                    self.tracer.sent(txid, "2b", self.node_id, bundle.hop + 1)
+                    call = self.on_learn(txid, shard, self.acceptor.name, values, bundle.participants)
+                else:
+                    learn = {**params, "shard": shard, "participants": list(bundle.participants)}
+                    call = self.peers.call_group_traced(shard, "paxos.learn", learn, "2b", bundle.hop + 1)
+                self.nursery.start_soon(self._bounded, f"2b {txid} to {shard}", call)
 
     async def on_phase1a(self, txid: str, ballot: Ballot, participants: tuple[str, ...]) -> dict[str, Any]:
         assert self.acceptor is not None

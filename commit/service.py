@@ -96,6 +96,7 @@ class NodeService:
         self.hooks = hooks
         self.paxos = paxos
         self.tracer = tracer
+        paxos.deliver_local = self._deliver_phase2b
         self.one_phase: dict[str, int] = {COMMITTED: 0, ABORTED: 0}
 
     def router(self) -> dict[str, Callable[[dict[str, Any]], Awaitable[Any]]]:
@@ -368,10 +369,15 @@ class NodeService:
             raise InvalidRequest(f"{acceptor!r:.40} is not an acceptor")
         ballot = self._ballot(params.get("ballot"))
         values = self._votes(params.get("values"), "values")
-        manager = self._manager(txid)
-        manager.deliver(txid, Phase2b(now=trio.current_time(), acceptor=acceptor, ballot=ballot, values=values),
-                        self._hop(params))
+        self._manager(txid)  # only the coordinator group's leader takes 2b messages
+        self._deliver_phase2b(txid, acceptor, ballot, values, self._hop(params))
         return {}
+
+    def _deliver_phase2b(self, txid: str, acceptor: str, ballot: Ballot, values: dict[str, str], hop: int) -> None:
+        manager = self.managers.get(authority_of(txid)[0])
+        if manager is not None:
+            manager.deliver(txid, Phase2b(now=trio.current_time(), acceptor=acceptor, ballot=ballot, values=values),
+                            hop)
 
     async def paxos_learn(self, params: dict[str, Any]) -> dict[str, Any]:
         txid, group = self._participant(params)
