@@ -95,7 +95,10 @@ class PaxosNode:
     async def on_phase2a(self, txid: str, shard: str, value: str, participants: tuple[str, ...], leader: str,
                          fast: bool, hop: int) -> None:
         assert self.acceptor is not None
-        self.acceptor.accept_now((txid, shard), BALLOT_ZERO, value)
+        if not self.acceptor.accept_now((txid, shard), BALLOT_ZERO, value):
+            # A recovery ballot got here first: this acceptor promised not to accept ballot 0 any more,
+            # and reporting the value as accepted could let a leader count a quorum that never was.
+            return
         bundle = self._bundles.get(txid)
         if bundle is None:
             bundle = self._bundles[txid] = _Bundle(participants, leader, fast, hop)

@@ -329,11 +329,16 @@ class NodeService:
         if group.name not in participants:
             raise InvalidRequest(f"{group.name} is not among the participants {participants}")
         vote = await self._propose(group, ("prepare", txid, reads, writes, participants))
-        self.tracer.forced(txid, "shard prepare")
+        decided = isinstance(vote, tuple) and vote[0] == "decided"
+        if decided:
+            vote = "yes" if vote[1] == COMMITTED else ("no", f"{txid} is already {vote[1]} here")
+        else:
+            self.tracer.forced(txid, "shard prepare")
         if protocol in PAXOS:
-            value = PREPARED if vote == "yes" else ABORTED
-            self.paxos.nursery.start_soon(self._send_vote, txid, group.name, value, participants, leader,
-                                          protocol == "fast-paxos-commit", hop + 1)
+            if not decided:  # a decided participant already cast its one ballot-0 vote
+                value = PREPARED if vote == "yes" else ABORTED
+                self.paxos.nursery.start_soon(self._send_vote, txid, group.name, value, participants, leader,
+                                              protocol == "fast-paxos-commit", hop + 1)
         else:
             self.tracer.sent(txid, "vote", leader, hop + 1)
         if vote == "yes":

@@ -18,6 +18,8 @@ Concurrency control is optimistic, validated at prepare (DESIGN.md section 6):
     others; then shared locks on read keys, exclusive locks on written keys,
     and the writes are recorded. A conflict votes NO at once (no waiting, so
     no deadlock), and a NO is final: the shard records the txid as aborted.
+    A PREPARE of a transaction already decided here answers
+    ``("decided", outcome)``: it is not a new vote.
 ``commit(txid)`` / ``abort(txid)``  apply or drop the prepared writes and
     release the locks. Idempotent.
 ``refuse(txid)``  the question a recovering coordinator or a status query
@@ -163,10 +165,12 @@ class ShardState:
 
     def _prepare(self, txid: str, reads: Reads, writes: Writes, participants: tuple[str, ...]) -> Any:
         state = self.state_of(txid)
-        if state == PREPARED or state == COMMITTED:
+        if state == PREPARED:
             return "yes"
-        if state == ABORTED:
-            return ("no", f"{txid} was already aborted here")
+        if state is not None:
+            # A late or duplicated PREPARE of a decided transaction: not a new vote. (A Paxos Commit
+            # participant must never propose a second value at its ballot 0.)
+            return ("decided", state)
         reason = self._conflict(txid, reads, writes)
         if reason is not None:
             self._decide(txid, ABORTED)

@@ -86,15 +86,15 @@ class AcceptorLog:
 
     async def _flush(self, batch: _Batch) -> None:
         self._next = _Batch()
-        data = b"".join(encode_frame(list(r), _MAX_RECORD) for r in batch.records)
         try:
+            data = b"".join(encode_frame(list(r), _MAX_RECORD) for r in batch.records)
             if self.durability is Durability.FSYNC:
                 await trio.to_thread.run_sync(self._write, data)  # a disk sync: off the event loop
             else:
                 self._write(data)  # into the page cache: cheaper than a thread hop
                 await trio.lowlevel.checkpoint()
             self.forced_writes += 1
-        except OSError as exc:
+        except Exception as exc:  # every waiter of this batch learns it failed; nobody hangs
             batch.error = exc
         batch.done.set()
 

@@ -112,8 +112,9 @@ Effect = SendPrepare | Phase1a | Phase2a | SendDecision | Reply | SetTimer | Fin
 
 TRANSITIONS: dict[str, tuple[type, ...]] = {
     "idle": (Start, Recover),
-    "collecting": (Phase2b, Phase1b, TimerFired),
-    "recovering": (Phase2b, Phase1b, TimerFired),
+    # Acked while undecided: a late acknowledgement of an earlier leader's decision, ignored.
+    "collecting": (Phase2b, Phase1b, TimerFired, Acked),
+    "recovering": (Phase2b, Phase1b, TimerFired, Acked),
     "decided": (Acked, TimerFired, Phase2b, Phase1b),
     "done": (Acked, TimerFired, Phase2b, Phase1b),
 }

@@ -469,7 +469,7 @@ class World:
             case "prepare":
                 txn = self.txns[txid]
                 result = self.shards[shard].apply(("prepare", txid, txn.reads[shard], txn.writes[shard]))
-                self.bag.append(Message("vote", txid, shard, yes=result == "yes"))
+                self.bag.append(Message("vote", txid, shard, yes=result in ("yes", ("decided", "committed"))))
             case "query":
                 result = self.shards[shard].apply(("refuse", txid))
                 self.bag.append(Message("vote", txid, shard, yes=result in (PREPARED, COMMITTED)))
