@@ -29,6 +29,7 @@ from typing import Any
 import trio
 
 from commit.admin import (
+    COUNTER_COLUMNS,
     IN_DOUBT_COLUMNS,
     STATUS_COLUMNS,
     TXN_COLUMNS,
@@ -201,6 +202,9 @@ def cmd_status(config: ClusterConfig, args: argparse.Namespace) -> int:
         if report["transactions"]:
             print("\ntransactions by outcome")
             print(format_table(report["transactions"], TXN_COLUMNS))
+        if report["counters"] and args.counters:
+            print("\nprotocol messages sent and forced writes, per node")
+            print(format_table(report["counters"], COUNTER_COLUMNS))
         print(f"\nin-doubt transactions: {len(report['in_doubt']) or 'none'}")
         if report["in_doubt"]:
             print(format_table(report["in_doubt"], IN_DOUBT_COLUMNS))
@@ -249,6 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     down.set_defaults(func=cmd_down)
     status = sub.add_parser("status", parents=[common], help="one row per group replica")
     status.add_argument("--json", action="store_true")
+    status.add_argument("--counters", action="store_true", help="also protocol messages and forced writes per node")
     status.set_defaults(func=cmd_status)
     trace = sub.add_parser("trace", parents=[common], help="a transaction's messages as a sequence diagram")
     trace.add_argument("txid")

@@ -19,6 +19,7 @@ from consensus.rpc import open_rpc_client
 STATUS_COLUMNS = ("node", "group", "role", "leader", "term", "commit_index", "applied_index", "reachable")
 TXN_COLUMNS = ("node", "protocol", "committed", "aborted")
 IN_DOUBT_COLUMNS = ("node", "txid", "protocol", "participants", "state", "age_s")
+COUNTER_COLUMNS = ("node", "counter", "count")
 
 
 async def node_call(config: ClusterConfig, node_id: str, method: str, params: dict[str, Any]) -> Any:
@@ -41,14 +42,19 @@ async def _node_report(config: ClusterConfig, node_id: str) -> dict[str, Any]:
             for g in config.groups()
             if node_id in g.members
         ]
-        return {"groups": groups, "transactions": [], "in_doubt": []}
+        return {"groups": groups, "transactions": [], "in_doubt": [], "counters": []}
     transactions = [
         {"node": node_id, "protocol": protocol, **counts}
         for protocol, counts in reply.get("transactions", {}).items()
     ]
     in_doubt = [{"node": node_id, **row} for row in reply.get("in_doubt", [])]
     groups = [dict(row, reachable=True) for row in reply["groups"]]
-    return {"groups": groups, "transactions": transactions, "in_doubt": in_doubt}
+    counters = reply.get("counters", {})
+    counter_rows = [
+        {"node": node_id, "counter": f"{family}.{kind}", "count": count}
+        for family, by_kind in counters.items() for kind, count in sorted(by_kind.items())
+    ]
+    return {"groups": groups, "transactions": transactions, "in_doubt": in_doubt, "counters": counter_rows}
 
 
 async def cluster_report(config: ClusterConfig) -> dict[str, list[dict[str, Any]]]:
@@ -63,7 +69,7 @@ async def cluster_report(config: ClusterConfig) -> dict[str, list[dict[str, Any]
             nursery.start_soon(collect, node.id)
     return {
         part: [row for node in config.nodes for row in results[node.id][part]]
-        for part in ("groups", "transactions", "in_doubt")
+        for part in ("groups", "transactions", "in_doubt", "counters")
     }
 
 

@@ -23,7 +23,7 @@ Methods (params -> result):
     paxos.accept     {txid, ballot, values}         -> {accepted}                acceptor
     node.trace       {txid}                         -> {events}
     coord.epoch      {session}                      -> {epoch}
-    node.status      {}                             -> {node, groups, transactions, in_doubt}
+    node.status      {}                             -> {node, groups, transactions, in_doubt, counters}
     node.compact     {}                             -> {groups}
     test.hold        {point}                        -> {}            only with transactions.fault_hooks
 
@@ -452,7 +452,9 @@ class NodeService:
         transactions[ONE_PHASE] = dict(self.one_phase)
         transactions["resolved_in_doubt"] = dict(self.resolver.resolved)
         in_doubt = [row for m in self.managers.values() for row in m.in_doubt(now)] + self.resolver.in_doubt(now)
-        return {"node": self.node_id, "groups": rows, "transactions": transactions, "in_doubt": in_doubt}
+        counters = {"messages_sent": dict(self.tracer.messages), "forced_writes": dict(self.tracer.forced_writes)}
+        return {"node": self.node_id, "groups": rows, "transactions": transactions, "in_doubt": in_doubt,
+                "counters": counters}
 
     async def node_compact(self, params: dict[str, Any]) -> dict[str, Any]:
         for group in self.groups.values():

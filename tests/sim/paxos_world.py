@@ -1,0 +1,873 @@
+"""A deterministic simulator for Paxos Commit and Faster Paxos Commit (Gray & Lamport 2006).
+
+The simulator drives the sans-IO core ``PaxosCommitLeader`` the way the driver is specified to, with
+everything else replaced by deterministic models, in the style of ``tests/sim/world.py`` (whose
+history types, ``Checker`` and transaction generator it reuses):
+
+* shards are ``ShardState`` objects (a Raft group: one atomic durable state machine that survives
+  everything). On PREPARE a shard applies ``prepare`` and sends its vote as phase 2a at ballot 0
+  ("prepared" or "aborted") for instance ``(txid, shard)`` to every acceptor, one message each. A
+  repeated PREPARE re-applies ``prepare``: the same 2a again while the txid is prepared there, no 2a
+  once it is decided there (``("decided", outcome)``, as ``commit/service.py`` does);
+* three acceptors (F = 1), each an ``AcceptorState`` that is durable: an acceptor crash is the
+  acceptor being down (messages to it are lost, it sends nothing) and later up again, state intact;
+* one leader process, volatile: a crash loses its cores, timers and pending questions. There is no
+  durable coordinator record: recovery is driven by in-doubt shards asking the leader, which starts a
+  core of a new incarnation (ballots ``(incarnation, 0, counter)``, higher than all earlier ones) and
+  feeds it ``Recover``. A restarted leader may also be handed every in-doubt txid at once;
+* the network is a bag of messages that the scheduler may deliver in any order, drop or duplicate;
+* time moves only when a timer fires.
+
+A seeded ``random.Random`` picks every action, so a seed (with the variant) replays a run exactly.
+After every step the ``PaxosChecker`` (the 2PC ``Checker`` plus the Paxos invariants) has read every
+new history entry and the shards' and acceptors' states; the run stops with ``SimulationFailure``
+at the first violation:
+
+* ``atomicity``, ``stability``, ``validity``, ``agreement``, ``reply``: as for 2PC (``world.py``).
+  The durable decision (history source "store") is what the acceptors have chosen: committed once
+  every instance chose "prepared", aborted once some instance chose "aborted" or some acceptor
+  accepted "aborted" at ballot 0 (only the participant itself proposes at ballot 0);
+* ``vote``: a participant proposes one value only at its ballot 0 (its vote; nobody else uses ballot 0);
+* ``chosen``: no instance has two different values each accepted by F+1 acceptors at the same
+  ballot, and once a value is chosen at a ballot every value accepted at a higher ballot is the same;
+* ``promise``: no acceptor accepts a ballot below its promise, nor promises a ballot not above it;
+* ``acceptor``: an acceptor's ``AcceptorState`` is what its recorded promises and accepts make it,
+  and every 2b it sends reports values it did accept at that ballot.
+
+A ``ProtocolError`` from the core also ends the run: the core had no transition for an event the driver
+may legitimately feed it (late, duplicated or from an earlier incarnation).
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from commit.protocols.paxos_commit import (
+    Effect,
+    Event,
+    PaxosCommitLeader,
+    Phase1a,
+    Phase1b,
+    Phase2a,
+    Phase2b,
+    Recover,
+)
+from commit.protocols.two_phase import (
+    Acked,
+    Finished,
+    ProtocolError,
+    Reply,
+    SendDecision,
+    SendPrepare,
+    SetTimer,
+    Start,
+)
+from commit.shard import ShardState
+from consensus.paxos import BALLOT_ZERO, NO_PROMISE, AcceptorState, Ballot
+from tests.sim.world import (
+    ABORTED,
+    COMMITTED,
+    OUTCOMES,
+    PREPARED,
+    Checker,
+    Decided,
+    HistoryEntry,
+    Replied,
+    ShardChanged,
+    SimulationFailure,
+    Txn,
+    World,
+)
+
+VARIANTS = {False: "classic", True: "fast"}  # fast: Faster Paxos Commit
+ACCEPTORS = ("a1", "a2", "a3")
+LEADER = "leader"
+
+Instance = tuple[str, str]  # (txid, participant)
+
+# -- history, besides the 2PC entries (ShardChanged, Decided, Replied, ShardRefused) ---------------
+
+
+@dataclass(frozen=True, slots=True)
+class Promised:
+    """``acceptor`` ran ``promise(instance, ballot)``; ``ok`` is what it returned."""
+
+    acceptor: str
+    instance: Instance
+    ballot: Ballot
+    ok: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    """``acceptor`` ran ``accept(instance, ballot, value)``; ``ok`` is what it returned."""
+
+    acceptor: str
+    instance: Instance
+    ballot: Ballot
+    value: Any
+    ok: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Voted:
+    """``shard`` sent its phase 2a at ballot 0 for ``txid``: its vote, "prepared" or "aborted"."""
+
+    shard: str
+    txid: str
+    value: str
+
+
+@dataclass(frozen=True, slots=True)
+class Sent2b:
+    """``acceptor`` sent a phase 2b for ``txid`` to ``to`` (the leader, or a shard in fast mode)."""
+
+    acceptor: str
+    txid: str
+    ballot: Ballot
+    values: tuple[tuple[str, Any], ...]
+    to: str
+
+
+PaxosHistoryEntry = HistoryEntry | Voted | Promised | Accepted | Sent2b
+
+
+class PaxosChecker(Checker):
+    """The 2PC invariants (``Checker``) plus the Paxos ones, fed one history entry at a time."""
+
+    def __init__(self, participants: Mapping[str, tuple[str, ...]], acceptors: Iterable[str] = ACCEPTORS) -> None:
+        super().__init__(participants)
+        self.acceptors = tuple(acceptors)
+        self.quorum = len(self.acceptors) // 2 + 1
+        # what a correct acceptor's memory is, from the history alone
+        self._promise: dict[tuple[str, Instance], Ballot] = {}
+        self._last: dict[tuple[str, Instance], tuple[Ballot, Any]] = {}
+        self._ever: dict[tuple[str, Instance], set[tuple[Ballot, Any]]] = {}
+        # for "chosen": every accept of an instance, voters per (instance, ballot) and value, chosen values
+        self._accepts: dict[Instance, list[tuple[Ballot, Any, str]]] = {}
+        self._voters: dict[tuple[Instance, Ballot], dict[Any, set[str]]] = {}
+        self._chosen: dict[Instance, dict[Ballot, Any]] = {}
+        self._zero_aborted: set[Instance] = set()
+        self._votes: dict[tuple[str, str], str] = {}  # (shard, txid) -> its ballot-0 value
+
+    def feed(self, entry: PaxosHistoryEntry) -> None:  # type: ignore[override]
+        match entry:
+            case Voted(shard=shard, txid=txid, value=value):
+                first = self._votes.setdefault((shard, txid), value)
+                if first != value:
+                    self._report("vote", txid, f"{shard} proposed {first}, then {value}, at its ballot 0")
+            case Promised(acceptor=acceptor, instance=instance, ballot=ballot, ok=ok):
+                key = (acceptor, instance)
+                before = self._promise.get(key, NO_PROMISE)
+                if ok:
+                    if ballot <= before:
+                        self._report(
+                            "promise", instance[0], f"{acceptor} promised {ballot} for {instance} after {before}"
+                        )
+                    self._promise[key] = max(before, ballot)
+            case Accepted(acceptor=acceptor, instance=instance, ballot=ballot, value=value, ok=True):
+                self._accepted(acceptor, instance, ballot, value)
+            case Accepted():
+                pass  # refused: changes nothing
+            case Sent2b(acceptor=acceptor, txid=txid, ballot=ballot, values=values, to=to):
+                for participant, value in values:
+                    if (ballot, value) not in self._ever.get((acceptor, (txid, participant)), ()):
+                        self._report(
+                            "acceptor",
+                            txid,
+                            f"{acceptor} told {to} it accepted {value} at {ballot} for {participant}, it did not",
+                        )
+            case _:
+                super().feed(entry)
+
+    def _accepted(self, acceptor: str, instance: Instance, ballot: Ballot, value: Any) -> None:
+        txid = instance[0]
+        key = (acceptor, instance)
+        promised = self._promise.get(key, NO_PROMISE)
+        if ballot < promised:
+            self._report(
+                "promise", txid, f"{acceptor} accepted {value} at {ballot} for {instance} below its promise {promised}"
+            )
+        self._promise[key] = max(promised, ballot)
+        self._last[key] = (ballot, value)
+        self._ever.setdefault(key, set()).add((ballot, value))
+        if ballot == BALLOT_ZERO and value == ABORTED:
+            self._zero_aborted.add(instance)
+        chosen = self._chosen.setdefault(instance, {})
+        for at, was in chosen.items():
+            if at < ballot and was != value:
+                self._report(
+                    "chosen", txid, f"{instance}: {was} chosen at {at}, then {acceptor} accepted {value} at {ballot}"
+                )
+        self._accepts.setdefault(instance, []).append((ballot, value, acceptor))
+        voters = self._voters.setdefault((instance, ballot), {}).setdefault(value, set())
+        if acceptor in voters:
+            return
+        voters.add(acceptor)
+        if len(voters) != self.quorum:
+            return
+        # newly chosen at this ballot
+        if ballot in chosen and chosen[ballot] != value:
+            self._report("chosen", txid, f"{instance}: both {chosen[ballot]} and {value} chosen at {ballot}")
+        chosen.setdefault(ballot, value)
+        for at, other, by in self._accepts[instance]:
+            if at > ballot and other != value:
+                self._report(
+                    "chosen", txid, f"{instance}: {value} chosen at {ballot}, but {by} accepted {other} at {at}"
+                )
+
+    # -- what the acceptors decided --------------------------------------------------------
+
+    def chosen_values(self, instance: Instance) -> set[Any]:
+        return set(self._chosen.get(instance, {}).values())
+
+    def chosen_at(self, instance: Instance) -> dict[Ballot, Any]:
+        return dict(self._chosen.get(instance, {}))
+
+    def durable_outcomes(self, txid: str, participants: Iterable[str]) -> set[str]:
+        """What the acceptors decided for ``txid``: {} (nothing yet), {committed}, {aborted} (or both: a bug)."""
+        instances = [(txid, p) for p in participants]
+        outcomes = set()
+        if any(i in self._zero_aborted or ABORTED in self.chosen_values(i) for i in instances):
+            outcomes.add(ABORTED)
+        if all(PREPARED in self.chosen_values(i) for i in instances):
+            outcomes.add(COMMITTED)
+        return outcomes
+
+    def check_acceptors(self, acceptors: Mapping[str, AcceptorState]) -> None:
+        """Each acceptor's state is what its recorded promises and accepts make it (nothing lost or invented)."""
+        for name, state in acceptors.items():
+            for instance in state.instances:
+                key = (name, instance)
+                want = (self._promise.get(key, NO_PROMISE), *self._last.get(key, (None, None)))
+                got = state.record(instance)
+                if tuple(got) != want:
+                    self._report("acceptor", instance[0], f"{name} holds {got} for {instance}, its history says {want}")
+
+
+def check_paxos(
+    history: Iterable[PaxosHistoryEntry],
+    participants: Mapping[str, tuple[str, ...]],
+    acceptors: Iterable[str] = ACCEPTORS,
+) -> list:
+    """Every violation in a whole history."""
+    checker = PaxosChecker(participants, acceptors)
+    for entry in history:
+        checker.feed(entry)
+    return checker.violations
+
+
+# -- the world -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One message in the bag. ``values`` and ``accepted`` are tuples of pairs (participant first).
+
+    Kinds: prepare (leader -> shard), vote (a shard's ballot-0 2a, shard -> acceptor), 1a, 2a (leader ->
+    acceptor), 1b, 2b (acceptor -> leader), learn (fast: an acceptor's bundled 2b, acceptor -> shard),
+    decision, answer (leader -> shard), ack, status (shard -> leader).
+    """
+
+    kind: str
+    txid: str
+    src: str
+    dst: str
+    ballot: Ballot = BALLOT_ZERO
+    values: tuple[tuple[str, Any], ...] = ()
+    participants: tuple[str, ...] = ()
+    promised: bool = False
+    accepted: tuple[tuple[str, Ballot | None, Any], ...] = ()
+    outcome: str = ""
+
+    def __str__(self) -> str:
+        extra = ""
+        if self.kind in ("1a", "1b", "2a", "2b", "learn"):
+            extra += f" b={self.ballot}"
+        if self.values:
+            extra += " " + ",".join(f"{p}:{v}" for p, v in self.values)
+        if self.kind == "1b":
+            extra += " ok" if self.promised else " refused"
+            extra += " " + ",".join(f"{p}:{b}/{v}" for p, b, v in self.accepted)
+        if self.outcome:
+            extra += f" {self.outcome}"
+        return f"{self.kind}({self.txid} {self.src}->{self.dst}{extra})"
+
+
+@dataclass(frozen=True, slots=True)
+class Weights:
+    """How likely each kind of action is, when it is possible."""
+
+    start: float = 3.0
+    deliver: float = 10.0
+    drop: float = 0.0
+    duplicate: float = 0.0
+    timer: float = 1.0
+    crash: float = 0.0  # the leader
+    restart: float = 0.0
+    down: float = 0.0  # an acceptor
+    up: float = 0.0
+    ask: float = 1.0
+
+
+HEAL = Weights()
+
+Action = tuple[str, object]
+CoreFactory = Callable[..., PaxosCommitLeader]
+
+
+class PaxosWorld:
+    """Shards, three acceptors, one leader process, a network and a clock, all in memory."""
+
+    vote_timeout_s = 1.0
+    resend_s = 0.5
+
+    # shared with the 2PC world: they only use self.rng, self.shards, self.participants, self.bag,
+    # self.timers, self._handle and self._record
+    _make_txns = World._make_txns
+    _shard_decide = World._shard_decide
+    in_doubt = World.in_doubt
+    outcome_at = World.outcome_at
+    drop = World.drop
+    duplicate = World.duplicate
+    fire = World.fire
+
+    def __init__(
+        self,
+        fast: bool,
+        seed: int,
+        *,
+        n_shards: int | None = None,
+        n_txns: int | None = None,
+        max_down: int | None = None,
+        core_factory: CoreFactory = PaxosCommitLeader,
+    ) -> None:
+        self.fast = fast
+        self.variant = VARIANTS[fast]
+        self.seed = seed
+        self.rng = random.Random(f"paxos-commit/{self.variant}/{seed}")
+        self.core_factory = core_factory
+        rng = self.rng
+        self.shards: dict[str, ShardState] = {
+            f"s{i}": ShardState() for i in range(n_shards if n_shards is not None else rng.randint(2, 3))
+        }
+        for name, shard in self.shards.items():
+            for key in (b"a", b"b", b"c"):
+                if rng.random() < 0.6:
+                    shard.apply(("put", key, b"init-" + name.encode()))
+        made = self._make_txns(n_txns if n_txns is not None else rng.randint(2, 4))
+        self.txns: dict[str, Txn] = {txn.txid: txn for txn in made}
+        self.participants = {txid: txn.participants for txid, txn in self.txns.items()}
+        # acceptors: durable; "down" only silences them
+        self.acceptor_names = ACCEPTORS
+        self.f = len(ACCEPTORS) // 2
+        self.max_down = self.f if max_down is None else max_down
+        self.acceptors: dict[str, AcceptorState] = {name: AcceptorState() for name in ACCEPTORS}
+        self.acceptor_up: dict[str, bool] = {name: True for name in ACCEPTORS}
+        self.chaos = Weights(
+            drop=rng.choice((0.0, 0.5, 1.5)),
+            duplicate=rng.choice((0.0, 0.5, 1.0)),
+            timer=rng.choice((0.5, 1.0, 2.0)),
+            crash=rng.choice((0.0, 0.1, 0.3)),
+            restart=rng.choice((0.5, 2.0)),
+            down=rng.choice((0.0, 0.2, 0.5)),
+            up=rng.choice((0.3, 1.0)),
+            ask=rng.choice((0.5, 1.5)),
+        )
+        # the leader process: volatile, except its incarnation number (the Raft term, in the real system)
+        self.up = True
+        self.incarnation = 1
+        self._counter: Iterator[int] = itertools.count(1)
+        self.cores: dict[str, PaxosCommitLeader] = {}
+        self.timers: dict[tuple[str, str], float] = {}
+        self.waiting: dict[str, list[str]] = {}  # txid -> shards that asked, answered at the core's Reply
+        # fast mode: what each shard heard from acceptors, (shard, txid) -> participant -> acceptors
+        self.heard: dict[tuple[str, str], dict[str, set[str]]] = {}
+        self.learned: dict[str, int] = {COMMITTED: 0, ABORTED: 0}  # fast: decisions shards learned by themselves
+        # the rest
+        self.started: set[str] = set()
+        self.bag: list[Message] = []
+        self.now = 0.0
+        self.steps = 0
+        self.history: list[PaxosHistoryEntry] = []
+        self.trace: list[str] = []
+        self.checker = PaxosChecker(self.participants, ACCEPTORS)
+        self._shard_view: dict[tuple[str, str], str] = {}
+        self.ever_prepared: set[tuple[str, str]] = set()  # (shard, txid)
+        self._store_view: set[tuple[str, str]] = set()
+        self._said: set[tuple[str, str, str]] = set()
+        self.ballots_used: list[Ballot] = []  # every ballot a core proposed in phase 1
+
+    # -- the leader driver -----------------------------------------------------------------
+
+    def _ballots(self) -> Iterator[Ballot]:
+        incarnation, counter = self.incarnation, self._counter
+        while True:
+            yield (incarnation, 0, next(counter))
+
+    def _new_core(self, txid: str) -> PaxosCommitLeader:
+        core = self.core_factory(
+            txid=txid,
+            participants=self.participants[txid],
+            acceptors=self.acceptor_names,
+            ballots=self._ballots(),
+            vote_timeout_s=self.vote_timeout_s,
+            resend_s=self.resend_s,
+            fast=self.fast,
+        )
+        self.cores[txid] = core
+        return core
+
+    def _handle(self, txid: str, event: Event) -> None:
+        core = self.cores[txid]
+        try:
+            effects = core.handle(event)
+        except ProtocolError as exc:
+            raise self._failure(f"ProtocolError from the core: {exc}") from exc
+        if core.outcome is not None:
+            self._say("core", txid, core.outcome)
+        for effect in effects:
+            self._carry_out(txid, effect)
+
+    def _say(self, source: str, txid: str, outcome: str) -> None:
+        if (source, txid, outcome) not in self._said:
+            self._said.add((source, txid, outcome))
+            self._record(Decided(source, txid, outcome))
+
+    def _send(self, kind: str, txid: str, src: str, dst: str, **fields: Any) -> None:
+        self.bag.append(Message(kind, txid, src, dst, **fields))
+
+    def _carry_out(self, txid: str, effect: Effect) -> None:
+        match effect:
+            case SendPrepare(participant=shard):
+                self._send("prepare", txid, LEADER, shard)
+            case Phase1a(ballot=ballot, participants=parts):
+                self.ballots_used.append(ballot)
+                for acceptor in self.acceptor_names:
+                    self._send("1a", txid, LEADER, acceptor, ballot=ballot, participants=tuple(parts))
+            case Phase2a(ballot=ballot, values=values):
+                for acceptor in self.acceptor_names:
+                    self._send("2a", txid, LEADER, acceptor, ballot=ballot, values=tuple(sorted(values.items())))
+            case SendDecision(participant=shard, outcome=outcome):
+                self._say("decision message", txid, outcome)
+                self._send("decision", txid, LEADER, shard, outcome=outcome)
+            case Reply(outcome=outcome):
+                self._record(Replied(txid, outcome))
+                for shard in self.waiting.pop(txid, []):
+                    self._send("answer", txid, LEADER, shard, outcome=outcome)
+            case SetTimer(name=name, deadline=deadline):
+                self.timers[(txid, name)] = deadline
+            case Finished():
+                del self.cores[txid]
+                self.waiting.pop(txid, None)
+                for key in [key for key in self.timers if key[0] == txid]:
+                    del self.timers[key]
+            case _:
+                raise self._failure(f"unknown effect {effect!r}")
+
+    def _leader_receives(self, msg: Message) -> None:
+        if not self.up:
+            return  # lost
+        txid = msg.txid
+        if msg.kind == "status":
+            self._answer_status(msg.src, txid)
+            return
+        if txid not in self.cores:
+            return  # no core for txid: a late message
+        match msg.kind:
+            case "2b":
+                self._handle(txid, Phase2b(now=self.now, acceptor=msg.src, ballot=msg.ballot, values=dict(msg.values)))
+            case "1b":
+                accepted = {p: (b, v) for p, b, v in msg.accepted}
+                event = Phase1b(
+                    now=self.now, acceptor=msg.src, ballot=msg.ballot, promised=msg.promised, accepted=accepted
+                )
+                self._handle(txid, event)
+            case "ack":
+                self._handle(txid, Acked(now=self.now, participant=msg.src))
+            case _:
+                raise self._failure(f"the leader got {msg}")
+
+    def _answer_status(self, shard: str, txid: str) -> None:
+        """An in-doubt shard asks: answer from a live core once it replied, else start one that recovers."""
+        core = self.cores.get(txid)
+        if core is None:
+            self.waiting[txid] = [shard]
+            self._new_core(txid)
+            self._handle(txid, Recover(now=self.now))
+        elif core.outcome is not None:
+            self._send("answer", txid, LEADER, shard, outcome=core.outcome)
+        else:
+            self.waiting.setdefault(txid, []).append(shard)
+
+    # -- the acceptors -----------------------------------------------------------------------
+
+    def _promise(self, name: str, instance: Instance, ballot: Ballot) -> tuple[bool, Ballot | None, Any]:
+        result = self.acceptors[name].promise(instance, ballot)
+        self._record(Promised(name, instance, ballot, result[0]))
+        return result
+
+    def _accept(self, name: str, instance: Instance, ballot: Ballot, value: Any) -> bool:
+        ok = self.acceptors[name].accept(instance, ballot, value)
+        self._record(Accepted(name, instance, ballot, value, ok))
+        if ok:
+            self._observe_store(instance[0])
+        return ok
+
+    def _send_2b(self, name: str, txid: str, ballot: Ballot, values: dict[str, Any], to: str) -> None:
+        pairs = tuple(sorted(values.items()))
+        self._record(Sent2b(name, txid, ballot, pairs, to))
+        self._send("learn" if to != LEADER else "2b", txid, name, to, ballot=ballot, values=pairs)
+
+    def _acceptor_receives(self, msg: Message) -> None:
+        name = msg.dst
+        if not self.acceptor_up[name]:
+            return  # lost
+        txid = msg.txid
+        state = self.acceptors[name]
+        match msg.kind:
+            case "vote":  # a participant's own 2a at ballot 0
+                ((shard, value),) = msg.values
+                if not self._accept(name, (txid, shard), BALLOT_ZERO, value):
+                    return
+                if value == ABORTED:
+                    self._send_2b(name, txid, BALLOT_ZERO, {shard: ABORTED}, LEADER)
+                    return
+                bundle = {}
+                for p in msg.participants:
+                    inst = state.get((txid, p))
+                    if inst.accepted_ballot != BALLOT_ZERO:
+                        return  # not every participant's ballot-0 value yet
+                    bundle[p] = inst.accepted_value
+                self._send_2b(name, txid, BALLOT_ZERO, bundle, LEADER)
+                if self.fast:
+                    for p in msg.participants:
+                        self._send_2b(name, txid, BALLOT_ZERO, bundle, p)
+            case "1a":
+                promised = True
+                accepted: list[tuple[str, Ballot | None, Any]] = []
+                for p in msg.participants:
+                    ok, ballot, value = self._promise(name, (txid, p), msg.ballot)
+                    promised = promised and ok
+                    accepted.append((p, ballot, value))
+                self._send("1b", txid, name, LEADER, ballot=msg.ballot, promised=promised, accepted=tuple(accepted))
+            case "2a":
+                took = {p: v for p, v in msg.values if self._accept(name, (txid, p), msg.ballot, v)}
+                if took:
+                    self._send_2b(name, txid, msg.ballot, took, LEADER)
+            case _:
+                raise self._failure(f"acceptor {name} got {msg}")
+
+    # -- the shard leader driver -------------------------------------------------------------
+
+    def _shard_receives(self, msg: Message) -> None:
+        shard, txid = msg.dst, msg.txid
+        match msg.kind:
+            case "prepare":
+                txn = self.txns[txid]
+                command = ("prepare", txid, txn.reads[shard], txn.writes[shard], txn.participants)
+                value = self._vote_value(self.shards[shard].apply(command))
+                if value is None:
+                    return
+                self._record(Voted(shard, txid, value))
+                for acceptor in self.acceptor_names:
+                    self._send("vote", txid, shard, acceptor, values=((shard, value),), participants=txn.participants)
+            case "decision":
+                if self._shard_decide(shard, txid, msg.outcome):
+                    self._send("ack", txid, shard, LEADER)
+            case "answer":
+                if msg.outcome in OUTCOMES:
+                    self._shard_decide(shard, txid, msg.outcome)
+            case "learn":
+                self._learn(shard, msg)
+            case _:
+                raise self._failure(f"shard {shard} got {msg}")
+
+    @staticmethod
+    def _vote_value(result: Any) -> str | None:
+        """The ballot-0 value for a prepare's result: "yes" (also a repeated PREPARE of a prepared txid),
+        ("no", reason), or ("decided", outcome) for a txid already decided here, which casts no new vote."""
+        match result:
+            case "yes":
+                return PREPARED
+            case ("no", _):
+                return ABORTED
+            case ("decided", _):
+                return None
+            case _:
+                raise AssertionError(f"unexpected prepare result {result!r}")
+
+    def _learn(self, shard: str, msg: Message) -> None:
+        """Faster Paxos Commit: a participant decides from the acceptors' ballot-0 2b bundles."""
+        if msg.ballot != BALLOT_ZERO:
+            return
+        txid = msg.txid
+        if any(value == ABORTED for _, value in msg.values):
+            outcome = ABORTED
+        else:
+            heard = self.heard.setdefault((shard, txid), {})
+            for p, value in msg.values:
+                if value == PREPARED:
+                    heard.setdefault(p, set()).add(msg.src)
+            if not all(len(heard.get(p, ())) >= self.f + 1 for p in self.participants[txid]):
+                return
+            outcome = COMMITTED
+        before = self.shards[shard].state_of(txid)
+        if self._shard_decide(shard, txid, outcome) and before != outcome:
+            self.learned[outcome] += 1
+
+    # -- actions -----------------------------------------------------------------------------
+
+    def start(self, txid: str) -> None:
+        assert self.up and txid not in self.started, txid
+        self.started.add(txid)
+        self._new_core(txid)
+        self._handle(txid, Start(now=self.now))
+
+    def deliver(self, index: int) -> None:
+        msg = self.bag.pop(index)
+        if msg.dst == LEADER:
+            self._leader_receives(msg)
+        elif msg.dst in self.acceptors:
+            self._acceptor_receives(msg)
+        else:
+            self._shard_receives(msg)
+
+    def crash(self) -> None:
+        assert self.up
+        self.up = False
+        self.cores.clear()
+        self.timers.clear()
+        self.waiting.clear()
+
+    def restart(self, recover: tuple[str, ...] = ()) -> None:
+        """A new incarnation, with higher ballots; it may be handed txids to recover at once."""
+        assert not self.up
+        self.up = True
+        self.incarnation += 1
+        self._counter = itertools.count(1)
+        for txid in recover:
+            if txid not in self.cores:
+                self._new_core(txid)
+                self._handle(txid, Recover(now=self.now))
+
+    def acceptor_down(self, name: str) -> None:
+        assert self.acceptor_up[name]
+        self.acceptor_up[name] = False
+
+    def acceptor_back(self, name: str) -> None:
+        assert not self.acceptor_up[name]
+        self.acceptor_up[name] = True
+
+    def ask(self, shard: str, txid: str) -> None:
+        """An in-doubt shard asks the leader for the outcome."""
+        self._send("status", txid, shard, LEADER, participants=self.participants[txid])
+
+    # -- observing and checking ----------------------------------------------------------------
+
+    def _record(self, entry: PaxosHistoryEntry) -> None:
+        self.history.append(entry)
+        self.checker.feed(entry)
+
+    def _observe_store(self, txid: str) -> None:
+        for outcome in sorted(self.checker.durable_outcomes(txid, self.participants[txid])):
+            if (txid, outcome) not in self._store_view:
+                self._store_view.add((txid, outcome))
+                self._record(Decided("store", txid, outcome))
+
+    def store_outcome(self, txid: str) -> str | None:
+        """What the acceptors decided, or None."""
+        outcomes = self.checker.durable_outcomes(txid, self.participants[txid])
+        return next(iter(outcomes)) if len(outcomes) == 1 else None
+
+    def _observe(self) -> None:
+        for txid, parts in self.participants.items():
+            for shard in parts:
+                state = self.shards[shard].state_of(txid)
+                if state is not None and self._shard_view.get((shard, txid)) != state:
+                    self._shard_view[(shard, txid)] = state
+                    if state == PREPARED:
+                        self.ever_prepared.add((shard, txid))
+                    self._record(ShardChanged(shard, txid, state))
+        self.checker.check_shards(self.shards)
+        self.checker.check_acceptors(self.acceptors)
+        if self.checker.violations:
+            raise self._failure("\n".join(map(str, self.checker.violations)))
+
+    def _failure(self, what: str) -> SimulationFailure:
+        tail = "\n".join(self.trace[-80:])
+        return SimulationFailure(
+            f"{what}\nreplay with: SIM_SEED={self.seed} .venv/bin/python -m pytest"
+            f" tests/test_sim_paxos_commit.py -k '[{self.variant}]' (step {self.steps})\nlast actions:\n{tail}"
+        )
+
+    def do(self, action: Action) -> None:
+        """Run one action, then check every invariant."""
+        name, arg = action
+        self.steps += 1
+        self.trace.append(f"{self.steps:4d} t={self.now:<5g} {self._describe(name, arg)}")
+        match name:
+            case "start":
+                self.start(arg)  # type: ignore[arg-type]
+            case "deliver":
+                self.deliver(arg)  # type: ignore[arg-type]
+            case "drop":
+                self.drop(arg)  # type: ignore[arg-type]
+            case "duplicate":
+                self.duplicate(arg)  # type: ignore[arg-type]
+            case "timer":
+                self.fire(arg)  # type: ignore[arg-type]
+            case "crash":
+                self.crash()
+            case "restart":
+                self.restart(arg or ())  # type: ignore[arg-type]
+            case "down":
+                self.acceptor_down(arg)  # type: ignore[arg-type]
+            case "up":
+                self.acceptor_back(arg)  # type: ignore[arg-type]
+            case "ask":
+                self.ask(*arg)  # type: ignore[misc]
+            case _:
+                raise ValueError(f"unknown action {name!r}")
+        self._observe()
+
+    def _describe(self, name: str, arg: object) -> str:
+        if name in ("deliver", "drop", "duplicate"):
+            msg = self.bag[arg]  # type: ignore[index]
+            lost = not self.up if msg.dst == LEADER else not self.acceptor_up.get(msg.dst, True)
+            return f"{name} {msg}{' (lost: down)' if name == 'deliver' and lost else ''}"
+        if name == "timer":
+            return f"timer {arg} (due {self.timers[arg]:g})"  # type: ignore[index]
+        if name == "restart":
+            handed = f", recovering {list(arg)}" if arg else ""  # type: ignore[call-overload]
+            return f"restart as incarnation {self.incarnation + 1}{handed}"
+        return name if arg is None else f"{name} {arg}"
+
+    # -- the scheduler -----------------------------------------------------------------------
+
+    def down_acceptors(self) -> list[str]:
+        return [name for name, up in self.acceptor_up.items() if not up]
+
+    def _candidates(self, weights: Weights, healing: bool) -> list[tuple[float, str, list[object]]]:
+        cands: list[tuple[float, str, list[object]]] = []
+        n = len(self.bag)
+        if n:
+            cands.append((weights.deliver, "deliver", list(range(n))))
+            cands.append((weights.drop, "drop", list(range(n))))
+            cands.append((weights.duplicate, "duplicate", list(range(n))))
+        if self.up:
+            cands.append((weights.start, "start", [txid for txid in self.txns if txid not in self.started]))
+            cands.append((weights.crash, "crash", [None]))
+        else:
+            doubtful = tuple(sorted({txid for _, txid in self.in_doubt()}))
+            cands.append((weights.restart, "restart", [(), doubtful] if doubtful else [()]))
+        if self.timers:
+            cands.append((weights.timer, "timer", sorted(self.timers)))
+        down = self.down_acceptors()
+        if len(down) < self.max_down:
+            cands.append((weights.down, "down", [a for a in self.acceptor_names if a not in down]))
+        cands.append((weights.up, "up", down))
+        doubts = self.in_doubt()
+        if healing:  # one question at a time per shard and txid
+            asked = {(m.src, m.txid) for m in self.bag if m.kind == "status"} | {
+                (m.dst, m.txid) for m in self.bag if m.kind == "answer"
+            }
+            waiting = {(shard, txid) for txid, shards in self.waiting.items() for shard in shards}
+            doubts = [d for d in doubts if d not in asked and d not in waiting]
+        cands.append((weights.ask, "ask", doubts))
+        return [c for c in cands if c[0] > 0 and c[2]]
+
+    def step(self, weights: Weights, *, healing: bool = False) -> bool:
+        """Run one random action; False if none is possible."""
+        cands = self._candidates(weights, healing)
+        if not cands:
+            return False
+        pick = self.rng.random() * sum(c[0] for c in cands)
+        for weight, name, args in cands:
+            pick -= weight
+            if pick < 0:
+                break
+        self.do((name, args[self.rng.randrange(len(args))]))
+        return True
+
+    def run_chaos(self, steps: int | None = None, weights: Weights | None = None) -> None:
+        """Reorder, drop, duplicate, crash and restart the leader and acceptors, checking every step."""
+        for _ in range(steps if steps is not None else self.rng.randint(40, 300)):
+            if self.settled() or not self.step(weights or self.chaos):
+                break
+
+    def deliver_all(self, kind: str, where: Callable[[Message], bool] = lambda m: True) -> int:
+        """Scripted runs: deliver every message of ``kind`` in the bag, oldest first (also those it causes)."""
+        count = 0
+        while (index := next((i for i, m in enumerate(self.bag) if m.kind == kind and where(m)), None)) is not None:
+            self.do(("deliver", index))
+            count += 1
+        return count
+
+    def drain(self, where: Callable[[Message], bool] = lambda m: True) -> int:
+        """Scripted runs: deliver every message (matching ``where``) in a seeded order, until none is left
+        (no drops, no timers: time stands still)."""
+        count = 0
+        while matching := [i for i, m in enumerate(self.bag) if where(m)]:
+            self.do(("deliver", self.rng.choice(matching)))
+            count += 1
+        return count
+
+    def settled(self) -> bool:
+        return (
+            self.up
+            and not self.bag
+            and not self.cores
+            and len(self.started) == len(self.txns)
+            and all(not s.prepared and not s.locks for s in self.shards.values())
+        )
+
+    def heal(self, max_steps: int = 5000) -> None:
+        """No more faults (the acceptors that are down stay down): restart the leader, start what is left,
+        deliver everything, fire timers, let in-doubt shards ask.
+
+        Raises SimulationFailure unless the world settles within ``max_steps``.
+        """
+        if not self.up:
+            self.do(("restart", ()))
+        for _ in range(max_steps):
+            if self.settled():
+                return
+            if not self.step(HEAL, healing=True):
+                break
+        if not self.settled():
+            stuck = {
+                "bag": [str(m) for m in self.bag],
+                "cores": {txid: core.state for txid, core in self.cores.items()},
+                "in doubt": self.in_doubt(),
+                "locks": {name: sorted(s.locks) for name, s in self.shards.items() if s.locks},
+                "acceptors down": self.down_acceptors(),
+            }
+            raise self._failure(f"liveness: not settled after healing: {stuck}")
+
+    def replies(self, txid: str) -> set[str]:
+        return {e.outcome for e in self.history if isinstance(e, Replied) and e.txid == txid}
+
+    def check_settled_outcomes(self) -> None:
+        """After heal: every transaction is decided at every participant that prepared, with one outcome,
+        the one the acceptors chose and the leader replied."""
+        for txid in self.txns:
+            states = self.outcome_at(txid)
+            decided = {s for s in states.values() if s is not None}
+            if len(decided) > 1 or decided - set(OUTCOMES):
+                raise self._failure(f"liveness: {txid} ends {states}")
+            for shard in self.participants[txid]:
+                if (shard, txid) in self.ever_prepared and states[shard] not in OUTCOMES:
+                    raise self._failure(f"liveness: {txid} prepared at {shard} but ends {states}")
+            durable = self.checker.durable_outcomes(txid, self.participants[txid])
+            if len(durable) > 1 or (decided and durable and durable != decided):
+                raise self._failure(f"{txid}: the acceptors chose {durable}, the shards end {states}")
+            if decided == {COMMITTED} and durable != decided:
+                raise self._failure(f"{txid} committed at {states} but the acceptors chose {durable}")
+            replies = self.replies(txid)
+            if replies and decided and replies != decided:
+                raise self._failure(f"{txid}: the leader replied {replies}, the shards end {states}")
