@@ -8,7 +8,6 @@ restarts its nodes. Everything is real: processes, TCP, files.
 
 from __future__ import annotations
 
-import os
 import random
 import signal
 import socket
@@ -119,7 +118,7 @@ class LocalCluster:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        rng = random.Random(self.seed or os.getpid())
+        rng = random.Random(self.seed or None)  # fresh ports for each cluster, not the last one's
         base = free_port_block(len(self.node_ids) * (2 + self.shards), rng)
         self.config_path = self.root / "cluster.toml"
         self.config_path.write_text(

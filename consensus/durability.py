@@ -13,14 +13,30 @@
           then survives power loss on any minority of replicas, and on all of
           them at once. It costs one disk sync per append on every replica.
 
-PySyncObj offers no hook for either, so ``fsync`` mode swaps in journal
-classes while a group is constructed (``journal_factory``) and wraps the
-snapshot rename (``install_snapshot_sync``). Both are confined to this module.
+Both modes also close two windows in which PySyncObj 0.3.17 loses committed
+entries when a node is killed during log compaction:
+
+* after compaction's forked child has renamed the new snapshot into place,
+  and before the journal is truncated to start at the snapshot point,
+  PySyncObj on restart sees a journal that does not start with the
+  snapshot's last two entries and throws the whole journal away, with every
+  entry after the snapshot. ``align_journal_with_snapshot`` runs before a
+  group starts and cuts such a journal to start at the snapshot point instead;
+* the truncation itself clears the journal and re-adds the remaining entries
+  one by one; ``CompactionSafeJournal`` writes them to a new file and renames
+  it over the old one, so a crash leaves either journal, whole.
+
+PySyncObj offers no hook for any of this, so journal classes are swapped in
+while a group is constructed (``journal_factory``), the snapshot rename is
+wrapped (``install_snapshot_sync``) and the journal is repaired before the
+group starts. All of it is confined to this module.
 """
 
 from __future__ import annotations
 
+import gzip
 import os
+import pickle
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -54,8 +70,46 @@ class _SyncedMetaStorer(ps_journal.MetaStorer):
         _fsync_path(os.path.dirname(os.path.abspath(path)))
 
 
-class SyncedFileJournal(ps_journal.FileJournal):
+def _write_journal(path: str, entries: list[Any], synced: bool) -> int:
+    """Replace the journal at ``path`` by one holding ``entries``, atomically; returns its end offset."""
+    tmp = path + ".rewrite"
+    if os.path.exists(tmp):
+        os.remove(tmp)
+    fresh = ps_journal.FileJournal(tmp)
+    for entry in entries:
+        fresh.add(*entry)
+    end = fresh._FileJournal__currentOffset
+    fresh._destroy()  # msync and close
+    if synced:
+        _fsync_path(tmp)
+    os.replace(tmp, path)
+    if synced:
+        _fsync_path(os.path.dirname(os.path.abspath(path)))
+    return end
+
+
+class CompactionSafeJournal(ps_journal.FileJournal):
+    """A FileJournal whose truncation at compaction is atomic (a new file renamed over the old)."""
+
+    synced = False
+
+    def __init__(self, journal_file: str) -> None:
+        super().__init__(journal_file)
+        self._path = journal_file
+
+    def deleteEntriesTo(self, entryTo: int) -> None:  # noqa: N802,N803 (PySyncObj's names)
+        keep = self._FileJournal__journal[entryTo:]
+        self._FileJournal__journalFile._destroy()
+        end = _write_journal(self._path, keep, self.synced)
+        self._FileJournal__journalFile = ps_journal.ResizableFile(self._path)
+        self._FileJournal__journal = list(keep)
+        self._FileJournal__currentOffset = end
+
+
+class SyncedFileJournal(CompactionSafeJournal):
     """A FileJournal that syncs every change before PySyncObj acts on it."""
+
+    synced = True
 
     def __init__(self, journal_file: str) -> None:
         super().__init__(journal_file)
@@ -74,28 +128,50 @@ class SyncedFileJournal(ps_journal.FileJournal):
         self.flush()
 
 
-def _create_synced_journal(journal_file: str | None = None) -> Any:
-    if journal_file is None:
-        return ps_journal.MemoryJournal()
-    return SyncedFileJournal(journal_file)
-
-
 _construct_lock = threading.Lock()
 
 
 @contextmanager
 def journal_factory(durability: Durability) -> Iterator[None]:
     """While constructing a SyncObj, make it create the journal this mode needs."""
-    if durability is Durability.OS:
-        yield
-        return
+    journal_class = SyncedFileJournal if durability is Durability.FSYNC else CompactionSafeJournal
+
+    def create(journal_file: str | None = None) -> Any:
+        return ps_journal.MemoryJournal() if journal_file is None else journal_class(journal_file)
+
     with _construct_lock:
         original: Callable[..., Any] = ps_syncobj.createJournal
-        ps_syncobj.createJournal = _create_synced_journal
+        ps_syncobj.createJournal = create
         try:
             yield
         finally:
             ps_syncobj.createJournal = original
+
+
+def align_journal_with_snapshot(journal_path: str, dump_path: str, durability: Durability) -> int:
+    """Before a group starts: cut a journal that predates its snapshot to start at the snapshot point.
+
+    Returns how many leading entries were dropped (they are all in the snapshot). A journal that
+    already starts at the snapshot point, or holds no trace of it, is left for PySyncObj to handle.
+    """
+    if not (os.path.isfile(journal_path) and os.path.isfile(dump_path)):
+        return 0
+    try:
+        with open(dump_path, "rb") as f, gzip.GzipFile(fileobj=f) as g:
+            snapshot = pickle.load(g)
+        before_last, last = snapshot[2], snapshot[1]
+    except Exception:  # PySyncObj reports an unreadable snapshot itself
+        return 0
+    journal = ps_journal.FileJournal(journal_path)
+    try:
+        entries = [journal[i] for i in range(len(journal))]
+    finally:
+        journal._destroy()
+    for i in range(1, len(entries) - 1):
+        if entries[i] == before_last and entries[i + 1] == last:
+            _write_journal(journal_path, entries[i:], durability is Durability.FSYNC)
+            return i
+    return 0
 
 
 _rename_unsynced: Callable[[str, str], Any] = ps_serializer.atomicReplace

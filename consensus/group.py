@@ -34,7 +34,7 @@ from typing import Any, Protocol
 import trio
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, SyncObjConsumer, replicated
 
-from consensus.durability import install_snapshot_sync, journal_factory
+from consensus.durability import align_journal_with_snapshot, install_snapshot_sync, journal_factory
 from consensus.errors import (
     ClusterError,
     InternalError,
@@ -142,6 +142,10 @@ class ReplicaGroup:
         self_addr = spec.members[spec.self_id]
         others = [addr for node, addr in spec.members.items() if node != spec.self_id]
         install_snapshot_sync(spec.durability)
+        dropped = align_journal_with_snapshot(str(spec.journal_path), str(spec.dump_path), spec.durability)
+        if dropped:
+            log.warning("%s: journal predated its snapshot (a crash during compaction); "
+                        "dropped %d entries already in the snapshot", spec.name, dropped)
         with journal_factory(spec.durability):
             self._syncobj = SyncObj(self_addr, others, conf=conf, consumers=[self._state])
         self._next_batch = _Batch()
