@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: up test bench down clean
+.PHONY: up test lint bench down clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +17,10 @@ up: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(PY) -m pytest
+
+lint: $(VENV)/.installed
+	$(PY) -m pyflakes consensus commit bench node.py tests
+	$(PY) -m mypy --ignore-missing-imports consensus commit bench node.py
 
 bench: $(VENV)/.installed
 	$(PY) -m bench.kv

@@ -52,6 +52,7 @@ async def _probe_costs(config: Any, protocol: str, shards: int) -> dict[str, int
             for key in keys:
                 tx.put(key, 1)
     await trio.sleep(SETTLE_S)  # let the decision messages and their traces land
+    assert tx.txid is not None
     summary = summarize(await transaction_trace(config, tx.txid))
     return {"msgs": summary["messages"], "forced": summary["forced_writes"], "delays": summary["message_delays"]}
 

@@ -199,7 +199,7 @@ class _Table:
             raise ConfigError(f"{self.path}: unknown key(s): {unknown}")
 
 
-def _dataclass_from(table: _Table, cls: type) -> Any:
+def _dataclass_from(table: _Table, cls: Any) -> Any:
     """Fill a dataclass of numeric/bool fields from a table, defaults from the class."""
     defaults = cls()
     values = {}

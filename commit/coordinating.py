@@ -35,7 +35,7 @@ from typing import Any, Protocol
 
 import trio
 
-from commit.coordinator import ABORTED, COMMITTED, PENDING, CoordinatorState
+from commit.coordinator import ABORTED, PENDING, CoordinatorState
 from commit.peers import Peers
 from commit.protocols import paxos_commit as pc
 from commit.protocols import two_phase as tp
@@ -345,16 +345,18 @@ class TransactionManager:
         raise Unavailable(f"{txid}: {what} not durable within {self.persist_timeout_s}s", maybe_applied=True)
 
     async def _persist_begin(self, txid: str, participants: tuple[str, ...], feed: Callable[[Any], None]) -> None:
-        assert self.store is not None
-        outcome = await self._durably("begin", txid, lambda: self.store.begin(txid, participants))
+        store = self.store
+        assert store is not None
+        outcome = await self._durably("begin", txid, lambda: store.begin(txid, participants))
         feed(tp.Persisted(now=trio.current_time(), outcome=outcome))
 
     async def _persist_decision(
         self, txid: str, outcome: str, participants: tuple[str, ...], feed: Callable[[Any], None]
     ) -> None:
-        assert self.store is not None
+        store = self.store
+        assert store is not None
         await self.hooks.checkpoint("coordinator.after_votes", txid)
-        final = await self._durably("decision", txid, lambda: self.store.decide(txid, outcome, participants))
+        final = await self._durably("decision", txid, lambda: store.decide(txid, outcome, participants))
         await self.hooks.checkpoint("coordinator.after_decision", txid)
         feed(tp.Persisted(now=trio.current_time(), outcome=final))
 
@@ -413,9 +415,10 @@ class TransactionManager:
             feed(tp.Acked(now=trio.current_time(), participant=shard))
 
     async def _finish(self, txid: str) -> None:
-        assert self.store is not None
+        store = self.store
+        assert store is not None
         try:
-            await self._durably("finish record", txid, lambda: self.store.finish(txid), forced=False)
+            await self._durably("finish record", txid, lambda: store.finish(txid), forced=False)
         except ClusterError as exc:
             log.info("%s: finish record not written (a later leader will): %s", txid, exc)
 

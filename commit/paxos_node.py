@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from collections.abc import Awaitable
 from typing import Any
 
 import trio
@@ -84,6 +85,7 @@ class PaxosNode:
                   "leader": leader, "fast": fast, "hop": hop}
         for acceptor in self.acceptor_ids:
             self.tracer.sent(txid, "2a", acceptor, hop)
+            call: Awaitable[Any]
             if acceptor == self.node_id and self.acceptor is not None:
                 call = self.on_phase2a(txid, shard, value, participants, leader, fast, hop)  # same node: no RPC
             else:
@@ -129,6 +131,7 @@ class PaxosNode:
         if bundle.fast:
             for shard in bundle.participants:
                 group = self.shards.get(shard)
+                call: Awaitable[Any]
                 if group is not None and group.is_leader():  # this node leads that participant: no RPC
                     self.tracer.sent(txid, "2b", self.node_id, bundle.hop + 1)
                     call = self.on_learn(txid, shard, self.acceptor.name, values, bundle.participants)

@@ -98,8 +98,8 @@ class CompactionSafeJournal(ps_journal.FileJournal):
         self._path = journal_file
 
     def deleteEntriesTo(self, entryTo: int) -> None:  # noqa: N802,N803 (PySyncObj's names)
-        keep = self._FileJournal__journal[entryTo:]
-        self._FileJournal__journalFile._destroy()
+        keep = self._FileJournal__journal[entryTo:]  # type: ignore[has-type]
+        self._FileJournal__journalFile._destroy()  # type: ignore[has-type]
         end = _write_journal(self._path, keep, self.synced)
         self._FileJournal__journalFile = ps_journal.ResizableFile(self._path)
         self._FileJournal__journal = list(keep)

@@ -52,7 +52,7 @@ class FrameReader:
         self._max = max_frame_bytes
         self._buffer = bytearray()
 
-    def feed(self, data: bytes) -> None:
+    def feed(self, data: bytes | bytearray) -> None:
         self._buffer += data
 
     def buffered(self) -> int:

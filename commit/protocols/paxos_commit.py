@@ -151,9 +151,8 @@ class PaxosCommitLeader:
         match event:
             case Start():
                 self.state = "collecting"
-                return [SendPrepare(participant=p) for p in self.participants] + [
-                    SetTimer(name=VOTES_TIMER, deadline=event.now + self.vote_timeout_s)
-                ]
+                prepares: list[Effect] = [SendPrepare(participant=p) for p in self.participants]
+                return prepares + [SetTimer(name=VOTES_TIMER, deadline=event.now + self.vote_timeout_s)]
             case Recover():
                 return self._phase1(event.now)
             case Phase2b() if self.state in ("collecting", "recovering"):
@@ -169,9 +168,8 @@ class PaxosCommitLeader:
                 return self._maybe_done()
             case TimerFired(name=name) if self.state == "decided" and name == RESEND_TIMER:
                 assert self.outcome is not None
-                return [SendDecision(participant=p, outcome=self.outcome) for p in sorted(self.unacked)] + [
-                    SetTimer(name=RESEND_TIMER, deadline=event.now + self.resend_s)
-                ]
+                resend: list[Effect] = [SendDecision(participant=p, outcome=self.outcome) for p in sorted(self.unacked)]
+                return resend + [SetTimer(name=RESEND_TIMER, deadline=event.now + self.resend_s)]
             case _:
                 return []
 

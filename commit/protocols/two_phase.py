@@ -170,10 +170,10 @@ class TwoPhaseCoordinator:
                     self.state = "beginning"
                     return [PersistBegin(participants=self.participants)]
                 return self._send_prepares(event.now)
-            case Recover(outcome=None):
-                return self._send_prepares(event.now)
-            case Recover(outcome=outcome):
+            case Recover(outcome=str() as outcome):
                 return self._decided(outcome, event.now)
+            case Recover():
+                return self._send_prepares(event.now)
             case Persisted() if self.state == "beginning":
                 if event.outcome in (COMMIT, ABORT):
                     return self._decided(event.outcome, event.now)
@@ -200,17 +200,15 @@ class TwoPhaseCoordinator:
                 return []
             case TimerFired(name=name) if self.state == "decided" and name == RESEND_TIMER:
                 assert self.outcome is not None
-                return [SendDecision(participant=p, outcome=self.outcome) for p in sorted(self.unacked)] + [
-                    SetTimer(name=RESEND_TIMER, deadline=event.now + self.resend_s)
-                ]
+                resend: list[Effect] = [SendDecision(participant=p, outcome=self.outcome) for p in sorted(self.unacked)]
+                return resend + [SetTimer(name=RESEND_TIMER, deadline=event.now + self.resend_s)]
             case _:
                 return []  # a late or duplicated message: nothing to do
 
     def _send_prepares(self, now: float) -> list[Effect]:
         self.state = "collecting"
-        return [SendPrepare(participant=p) for p in self.participants] + [
-            SetTimer(name=VOTES_TIMER, deadline=now + self.vote_timeout_s)
-        ]
+        effects: list[Effect] = [SendPrepare(participant=p) for p in self.participants]
+        return effects + [SetTimer(name=VOTES_TIMER, deadline=now + self.vote_timeout_s)]
 
     def _persist(self, outcome: str) -> list[Effect]:
         self.state = "persisting"
@@ -220,8 +218,6 @@ class TwoPhaseCoordinator:
         self.state = "decided"
         self.outcome = outcome
         self.unacked = set(self.participants)
-        return (
-            [Reply(outcome=outcome)]
-            + [SendDecision(participant=p, outcome=outcome) for p in self.participants]
-            + [SetTimer(name=RESEND_TIMER, deadline=now + self.resend_s)]
-        )
+        effects: list[Effect] = [Reply(outcome=outcome)]
+        effects += [SendDecision(participant=p, outcome=outcome) for p in self.participants]
+        return effects + [SetTimer(name=RESEND_TIMER, deadline=now + self.resend_s)]
