@@ -10,20 +10,9 @@ import pytest
 
 from commit.protocols.two_phase import Event, ProtocolError, TwoPhaseCoordinator, Vote
 from commit.shard import ShardState
-from tests.sim.world import (
-    ABORTED,
-    COMMITTED,
-    PENDING,
-    PREPARED,
-    Decided,
-    HistoryEntry,
-    Replied,
-    ShardChanged,
-    ShardRefused,
-    SimulationFailure,
-    World,
-    check,
-)
+from tests.sim.base import ABORTED, COMMITTED, PREPARED, Decided, ShardChanged, ShardRefused
+from tests.sim.runs import first_failure
+from tests.sim.world import PENDING, HistoryEntry, Replied, World, check
 
 PARTS = {"t1": ("s0", "s1")}
 
@@ -205,28 +194,15 @@ class NeverAnswers(World):
         return None
 
 
-def first_failure(make: type[World] | None, protocol: str, seeds: range, **kwargs: object) -> SimulationFailure:
-    for seed in seeds:
-        world = (make or World)(protocol, seed, **kwargs)  # type: ignore[arg-type]
-        try:
-            world.run_chaos()
-            world.heal()
-            world.check_settled_outcomes()
-        except SimulationFailure as failure:
-            assert f"SIM_SEED={seed}" in str(failure)
-            return failure
-    pytest.fail(f"the simulator missed a known bug in seeds {seeds}")
-
-
 @pytest.mark.parametrize("protocol", ["2pc", "raft-2pc"])
 def test_the_simulator_catches_a_core_that_commits_despite_a_no(protocol: str) -> None:
-    failure = first_failure(None, protocol, range(200), core_factory=CommitsDespiteNo)
+    failure = first_failure(World, protocol, range(200), core_factory=CommitsDespiteNo)
     assert "validity violation" in str(failure) or "atomicity violation" in str(failure), failure
 
 
 @pytest.mark.parametrize("protocol", ["2pc", "raft-2pc"])
 def test_a_protocol_error_from_the_core_fails_the_run(protocol: str) -> None:
-    failure = first_failure(None, protocol, range(200), core_factory=RejectsLateVotes)
+    failure = first_failure(World, protocol, range(200), core_factory=RejectsLateVotes)
     assert "ProtocolError from the core" in str(failure), failure
     assert isinstance(failure.__cause__, ProtocolError)
 

@@ -20,14 +20,12 @@ test runs that one seed. From Python::
 
 from __future__ import annotations
 
-import os
 from collections import Counter
 from dataclasses import replace
 from typing import Any
 
 import pytest
 from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from commit.protocols.paxos_commit import PaxosCommitLeader, Phase1b
 from consensus.paxos import BALLOT_ZERO, AcceptorState, Ballot, InstanceState
@@ -43,9 +41,10 @@ from tests.sim.paxos_world import (
     Weights,
     check_paxos,
 )
-from tests.sim.world import ABORTED, COMMITTED, PREPARED, Decided, Replied, ShardChanged, SimulationFailure
+from tests.sim.base import ABORTED, COMMITTED, PREPARED, Decided, ShardChanged, SimulationFailure
+from tests.sim.runs import SEEDS, chaos_and_heal, first_failure, two_runs
+from tests.sim.world import Replied
 
-SEEDS = st.just(int(os.environ["SIM_SEED"])) if os.environ.get("SIM_SEED") else st.integers(0, 2**32 - 1)
 CHAOS = settings(max_examples=200, deadline=None, derandomize=False, database=None)
 SCRIPTED = settings(max_examples=150, deadline=None, derandomize=False, database=None)
 VARIANT = pytest.mark.parametrize("fast", [False, True], ids=["classic", "fast"])
@@ -91,9 +90,7 @@ def test_safety_holds_with_more_than_f_acceptors_down(fast: bool, seed: int) -> 
 def test_every_transaction_decides_after_healing(fast: bool, seed: int) -> None:
     """After the chaos, with the leader up, at most F acceptors down and no more drops: every transaction
     decides at every participant that prepared, no lock is left, and the leader's replies are the outcome."""
-    world = chaos_world(fast, seed)
-    world.run_chaos()
-    world.heal()
+    world = chaos_and_heal(chaos_world(fast, seed))
     assert world.settled()
     world.check_settled_outcomes()
     for name, shard in world.shards.items():
@@ -238,12 +235,7 @@ def test_nothing_decides_with_two_acceptors_down_until_one_returns(fast: bool, s
 
 @VARIANT
 def test_a_seed_replays_exactly(fast: bool) -> None:
-    runs = []
-    for _ in range(2):
-        world = PaxosWorld(fast, 4242)
-        world.run_chaos()
-        world.heal()
-        runs.append((world.trace, world.history))
+    runs = two_runs(lambda: PaxosWorld(fast, 4242))
     assert runs[0] == runs[1]
     assert PaxosWorld(fast, 4243).txns != PaxosWorld(fast, 4242).txns
 
@@ -253,9 +245,7 @@ def test_the_simulation_reaches_the_interesting_cases(fast: bool) -> None:
     """Guard against a vacuous simulator: fixed seeds must cover commits, no votes, crashes and recovery."""
     seen: Counter[str] = Counter()
     for seed in range(150):
-        world = PaxosWorld(fast, seed)
-        world.run_chaos()
-        world.heal()
+        world = chaos_and_heal(PaxosWorld(fast, seed))
         for line in world.trace:
             for word in ("crash", "drop", "duplicate", "down a", "status(", "answer(", "1b(", "learn(", "recovering ["):
                 if word in line:
@@ -409,19 +399,6 @@ class BrokenAcceptors(PaxosWorld):
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
         self.acceptors = {name: AcceptsBelowPromise() for name in ACCEPTORS}
-
-
-def first_failure(make: type[PaxosWorld], fast: bool, seeds: range, **kwargs: object) -> SimulationFailure:
-    for seed in seeds:
-        world = make(fast, seed, **kwargs)  # type: ignore[arg-type]
-        try:
-            world.run_chaos()
-            world.heal()
-            world.check_settled_outcomes()
-        except SimulationFailure as failure:
-            assert f"SIM_SEED={seed}" in str(failure)
-            return failure
-    pytest.fail(f"the simulator missed a known bug in seeds {seeds}")
 
 
 @VARIANT

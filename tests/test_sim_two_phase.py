@@ -18,17 +18,16 @@ From Python::
 
 from __future__ import annotations
 
-import os
 from collections import Counter
 
 import pytest
 from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from commit.protocols.two_phase import PersistDecision
-from tests.sim.world import ABORTED, COMMITTED, PENDING, PREPARED, PROTOCOLS, World
+from tests.sim.base import ABORTED, COMMITTED, PREPARED
+from tests.sim.runs import SEEDS, chaos_and_heal, two_runs
+from tests.sim.world import PENDING, PROTOCOLS, World
 
-SEEDS = st.just(int(os.environ["SIM_SEED"])) if os.environ.get("SIM_SEED") else st.integers(0, 2**32 - 1)
 CHAOS = settings(max_examples=300, deadline=None, derandomize=False, database=None)
 SCRIPTED = settings(max_examples=100, deadline=None, derandomize=False, database=None)
 
@@ -55,9 +54,7 @@ def test_invariants_hold_under_chaos(protocol: str, seed: int) -> None:
 def test_every_transaction_settles_after_healing(protocol: str, seed: int) -> None:
     """After the chaos, with no more faults, every transaction ends decided and no lock is left."""
     announce(seed, protocol)
-    world = World(protocol, seed)
-    world.run_chaos()
-    world.heal()
+    world = chaos_and_heal(World(protocol, seed))
     assert world.settled()
     world.check_settled_outcomes()
     for name, shard in world.shards.items():
@@ -156,12 +153,7 @@ def test_raft_2pc_new_leader_finishes_from_the_group_records(seed: int, decision
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_a_seed_replays_exactly(protocol: str) -> None:
-    runs = []
-    for _ in range(2):
-        world = World(protocol, 4242)
-        world.run_chaos()
-        world.heal()
-        runs.append((world.trace, world.history))
+    runs = two_runs(lambda: World(protocol, 4242))
     assert runs[0] == runs[1]
     assert World(protocol, 4243).txns != World(protocol, 4242).txns
 
@@ -171,9 +163,7 @@ def test_the_simulation_reaches_the_interesting_cases(protocol: str) -> None:
     """Guard against a vacuous simulator: fixed seeds must cover commits, NO votes, crashes and recovery."""
     seen: Counter[str] = Counter()
     for seed in range(150):
-        world = World(protocol, seed)
-        world.run_chaos()
-        world.heal()
+        world = chaos_and_heal(World(protocol, seed))
         for line in world.trace:
             for word in ("crash", "drop", "duplicate", "vote(", "answer(", "query("):
                 if word in line:
