@@ -377,32 +377,32 @@ class TransactionManager:
             active.hop = max(active.hop, 3)
             feed(tp.Vote(now=trio.current_time(), participant=shard, yes=yes))
 
-    async def _phase1a(self, txid: str, acceptor: str, ballot: Ballot, instances: tuple[str, ...],
-                       active: ActiveTxn, feed: Callable[[Any], None]) -> None:
-        params = {"txid": txid, "ballot": list(ballot), "participants": list(instances)}
-        self.tracer.sent(txid, "1a", acceptor, active.hop + 1)
+    async def _ask_acceptor(self, txid: str, acceptor: str, kind: str, method: str, params: dict[str, Any],
+                            active: ActiveTxn) -> dict[str, Any] | None:
+        """One recovery message to one acceptor, traced and bounded; None if it did not answer in time."""
+        self.tracer.sent(txid, kind, acceptor, active.hop + 1)
         with trio.move_on_after(self.vote_timeout_s):
             try:
-                reply = await self.peers.call_node(acceptor, "paxos.phase1a", params)
+                return await self.peers.call_node(acceptor, method, {"txid": txid, **params})
             except ClusterError as exc:
-                log.info("%s: no promise from %s: %s", txid, acceptor, exc)
-                return
+                log.info("%s: no answer to %s from %s: %s", txid, kind, acceptor, exc)
+        return None
+
+    async def _phase1a(self, txid: str, acceptor: str, ballot: Ballot, instances: tuple[str, ...],
+                       active: ActiveTxn, feed: Callable[[Any], None]) -> None:
+        params = {"ballot": list(ballot), "participants": list(instances)}
+        reply = await self._ask_acceptor(txid, acceptor, "1a", "paxos.phase1a", params, active)
+        if reply is not None:
             accepted = {p: (ballot_of(b) if b is not None else None, v) for p, b, v in reply["accepted"]}
             feed(pc.Phase1b(now=trio.current_time(), acceptor=acceptor, ballot=ballot,
                             promised=reply["promised"], accepted=accepted))
 
     async def _phase2a(self, txid: str, acceptor: str, ballot: Ballot, values: dict[str, str],
                        active: ActiveTxn, feed: Callable[[Any], None]) -> None:
-        params = {"txid": txid, "ballot": list(ballot), "values": values}
-        self.tracer.sent(txid, "2a", acceptor, active.hop + 1)
-        with trio.move_on_after(self.vote_timeout_s):
-            try:
-                reply = await self.peers.call_node(acceptor, "paxos.accept", params)
-            except ClusterError as exc:
-                log.info("%s: %s did not accept: %s", txid, acceptor, exc)
-                return
-            if reply["accepted"]:
-                feed(pc.Phase2b(now=trio.current_time(), acceptor=acceptor, ballot=ballot, values=reply["accepted"]))
+        params = {"ballot": list(ballot), "values": values}
+        reply = await self._ask_acceptor(txid, acceptor, "2a", "paxos.accept", params, active)
+        if reply is not None and reply["accepted"]:
+            feed(pc.Phase2b(now=trio.current_time(), acceptor=acceptor, ballot=ballot, values=reply["accepted"]))
 
     async def _send_decision(self, txid: str, shard: str, outcome: str, active: ActiveTxn,
                              feed: Callable[[Any], None]) -> None:
