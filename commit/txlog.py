@@ -18,8 +18,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from consensus.errors import InvalidRequest
-from consensus.wire import FrameReader, encode_frame
+from consensus.framed_file import read_frames
+from consensus.wire import encode_frame
 
 _MAX_RECORD = 1 << 20
 
@@ -40,30 +40,12 @@ class DecisionLog:
         self._file = open(path, "ab")
 
     def _load(self) -> None:
-        if not self.path.exists():
-            return
-        data = self.path.read_bytes()
-        reader = FrameReader(_MAX_RECORD)
-        reader.feed(data)
-        good_end = 0
-        while True:
-            try:
-                ready, record = reader.next_frame()
-            except InvalidRequest:  # garbage or an absurd length: the torn tail
-                break
-            if not ready:
-                break
-            good_end = len(data) - reader.buffered()
+        for record in read_frames(self.path, _MAX_RECORD):
             match record:
                 case ["decide", str() as txid, str() as outcome, list() as participants]:
                     self.decisions.setdefault(txid, LoggedDecision(outcome, tuple(participants)))
                 case ["end", str() as txid] if txid in self.decisions:
                     self.decisions[txid].finished = True
-        if good_end < len(data):
-            with open(self.path, "r+b") as f:
-                f.truncate(good_end)
-                f.flush()
-                os.fsync(f.fileno())
 
     def decide(self, txid: str, outcome: str, participants: tuple[str, ...]) -> str:
         """Force the decision to disk; returns the logged outcome (the first one wins)."""

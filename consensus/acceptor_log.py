@@ -22,9 +22,9 @@ from typing import Any
 
 import trio
 
-from consensus.errors import InvalidRequest
+from consensus.framed_file import read_frames
 from consensus.settings import Durability
-from consensus.wire import FrameReader, encode_frame
+from consensus.wire import encode_frame
 
 _MAX_RECORD = 1 << 20
 
@@ -49,24 +49,11 @@ class AcceptorLog:
 
     def load(self) -> list[Record]:
         """Every record on disk, oldest first; a torn tail (a crash mid-write) is cut off."""
-        data = self.path.read_bytes()
-        reader = FrameReader(_MAX_RECORD)
-        reader.feed(data)
-        records: list[Record] = []
-        good_end = 0
-        while True:
-            try:
-                ready, record = reader.next_frame()
-            except InvalidRequest:
-                break
-            if not ready:
-                break
-            good_end = len(data) - reader.buffered()
-            if isinstance(record, list) and len(record) == 4:
-                records.append((record[0], record[1], record[2], record[3]))
-        if good_end < len(data):
-            self._file.truncate(good_end)
-        return records
+        return [
+            (r[0], r[1], r[2], r[3])
+            for r in read_frames(self.path, _MAX_RECORD)
+            if isinstance(r, list) and len(r) == 4
+        ]
 
     async def persist(self, records: list[Record]) -> None:
         batch = self._next
