@@ -22,6 +22,8 @@ import trio
 from commit.admin import cluster_status, node_call, wait_for_leaders
 from commit.config import ClusterConfig, load_config, shard_group
 from commit.routing import shard_of
+from commit.transaction import Transaction
+from consensus.errors import ClusterError
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -209,20 +211,18 @@ class LocalCluster:
         Needs ``transactions.fault_hooks``. The commit runs in ``nursery`` and its error (the coordinator
         is meant to die under it) is ignored: callers judge the outcome from the shards.
         """
-        import commit  # the client library, imported late: node-side code does not need it
-
         coordinator = self.config.twopc_coordinator if protocol == "2pc" else (await self.leaders())["coord"]
         await db.put(src, 100)
         await db.put(dst, 0)
         await self.call(coordinator, "test.hold", {"point": point})
-        tx = commit.Transaction(db, protocol)
+        tx = Transaction(db, protocol)
         tx.put(src, (await tx.get(src)).value - 30)
         tx.put(dst, (await tx.get(dst)).value + 30)
 
         async def commit_and_ignore() -> None:
             try:
                 await tx.commit()
-            except commit.ClusterError:
+            except ClusterError:
                 pass
 
         nursery.start_soon(commit_and_ignore)

@@ -31,10 +31,6 @@ def keys_by_shard(count_per_shard: int, prefix: str) -> dict[int, list[str]]:
     return dict(enumerate(keys_on_each_shard(prefix, count_per_shard, 3)))
 
 
-async def assert_no_locks(cluster: LocalCluster, within_s: float = 10.0) -> None:
-    await cluster.wait_unlocked(within_s)
-
-
 @commit.transactional
 async def transfer(tx: commit.Transaction, src: str, dst: str, amount: int) -> None:
     a = (await tx.get(src)).value
@@ -77,7 +73,7 @@ async def test_bank_transfers_keep_the_total(txn_cluster: LocalCluster, protocol
     assert transfers == 8 * 15
     assert sum(balances) == total, balances
     assert audits and all(a == total for a in audits), audits
-    await assert_no_locks(txn_cluster)
+    await txn_cluster.wait_unlocked(within_s=10)
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
@@ -112,7 +108,7 @@ async def test_write_skew_across_shards_never_commits_both(txn_cluster: LocalClu
             assert final in ((0, 0), (0, 1), (1, 0)), (round_, final, results)
     assert both == 0
     assert committed > 0
-    await assert_no_locks(txn_cluster)
+    await txn_cluster.wait_unlocked(within_s=10)
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
@@ -139,7 +135,7 @@ async def test_aborted_transactions_leave_no_value_and_no_lock(txn_cluster: Loca
         assert await db.status(tx.txid) == "aborted"
         assert (await db.get(a)).exists is False
         assert (await db.get(b)).value == "v2"
-    await assert_no_locks(txn_cluster)
+    await txn_cluster.wait_unlocked(within_s=10)
 
 
 async def test_single_shard_transaction_is_one_phase(txn_cluster: LocalCluster) -> None:
@@ -186,7 +182,7 @@ async def test_raft_2pc_finishes_without_the_dead_coordinator(hook_cluster: Loca
         tx, src, dst = await _start_held_transfer(cluster, db, "raft-2pc", "coordinator.after_votes", nursery)
         cluster.kill(leader)
         start = trio.current_time()
-        await assert_no_locks(cluster, within_s=15)
+        await cluster.wait_unlocked(within_s=15)
         elapsed = trio.current_time() - start
         outcome = await db.status(tx.txid)
         values = ((await db.get(src)).value, (await db.get(dst)).value)
@@ -231,7 +227,7 @@ async def test_2pc_blocks_until_its_coordinator_returns(hook_cluster: LocalClust
 
         cluster.start(coordinator)
         await cluster.wait_ready()
-        await assert_no_locks(cluster, within_s=15)
+        await cluster.wait_unlocked(within_s=15)
         assert await db.status(tx.txid) == expected
         values = ((await db.get(src)).value, (await db.get(dst)).value)
         assert values == ((70, 30) if expected == "committed" else (100, 0))
