@@ -178,16 +178,17 @@ async def run(db: Database, fn: Callable[..., Awaitable[R]], *args: Any, protoco
         tx = Transaction(db, protocol)
         try:
             result = await fn(tx, *args)
-            await tx.commit()
-            return result
-        except Conflict as exc:
-            last = exc
-        except CommitUnknown as exc:
-            outcome = await _outcome(db, exc.txid, exc.participants, deadline)
-            if outcome == COMMITTED:
+            try:
+                await tx.commit()
                 return result
-            if outcome != ABORTED:
-                raise
+            except CommitUnknown as exc:  # only the commit's own uncertainty is settled by asking
+                outcome = await _outcome(db, exc.txid, exc.participants, deadline)
+                if outcome == COMMITTED:
+                    return result
+                if outcome != ABORTED:
+                    raise
+                last = exc
+        except Conflict as exc:
             last = exc
         except (Unavailable, Timeout) as exc:
             last = exc
