@@ -6,6 +6,13 @@
     python node.py status [--json]      one row per group replica
     python node.py trace TXID           a transaction's messages as a sequence diagram
     python node.py compact              force log compaction on every node
+    python node.py fault cut A B        lose the RPC messages between nodes A and B (not Raft)
+    python node.py fault heal [A [B]]   restore the A-B link, every link of A, or every link
+    python node.py fault drop NODE M    NODE loses every RPC call of method M it sends
+    python node.py fault undrop NODE [M]    NODE sends M (or every dropped method) again
+    python node.py fault list [--json]  each node's cut links, dropped methods, lost messages
+
+The ``fault`` commands need ``transactions.fault_hooks = true`` (see docs/OPERATIONS.md).
 
 ``--config PATH`` (default ``cluster.toml``) is accepted by every command.
 Each node writes its log to ``<data_dir>/<node>/node.log`` and its pid to
@@ -40,10 +47,12 @@ from commit.admin import (
     wait_for_leaders,
 )
 from commit.config import ClusterConfig, ConfigError, load_config
+from commit.faults import link_requests
 from commit.localcluster import spawn_node
 from commit.server import serve_node
 from commit.tables import format_table
 from commit.tracing import sequence_diagram, summarize
+from consensus.errors import ClusterError
 
 STOP_GRACE_S = 10.0
 
@@ -237,6 +246,56 @@ def cmd_compact(config: ClusterConfig, args: argparse.Namespace) -> int:
     return 0
 
 
+FAULT_COLUMNS = ("node", "cut", "dropped", "lost", "error")
+
+
+def _fault_requests(config: ClusterConfig, args: argparse.Namespace) -> list[tuple[str, dict[str, Any]]]:
+    node_ids = [n.id for n in config.nodes]
+    if args.op == "cut":
+        return link_requests("cut", args.a, args.b, node_ids)
+    if args.op == "heal":
+        if len(args.nodes) > 2:
+            raise ValueError("heal takes no node, one node, or two nodes")
+        a, b = (args.nodes + [None, None])[:2]
+        return link_requests("heal", a, b, node_ids)
+    if args.op == "drop":
+        return [(args.node, {"op": "drop", "method": args.method})]
+    if args.op == "undrop":
+        params: dict[str, Any] = {"op": "undrop"}
+        if args.method is not None:
+            params["method"] = args.method
+        return [(args.node, params)]
+    return [(n, {"op": "list"}) for n in node_ids]
+
+
+def cmd_fault(config: ClusterConfig, args: argparse.Namespace) -> int:
+    try:
+        requests = _fault_requests(config, args)
+    except ValueError as exc:
+        print(f"fault {args.op}: {exc}", file=sys.stderr)
+        return 2
+    for node_id, _ in requests:
+        config.node(node_id)  # an unknown node is a ConfigError naming the known ones
+    results: dict[str, dict[str, Any]] = {}
+
+    async def send_all() -> None:
+        for node_id, params in requests:
+            try:
+                results[node_id] = (await node_call(config, node_id, "test.fault", params))["faults"]
+            except (ClusterError, trio.TooSlowError) as exc:
+                results[node_id] = {"node": node_id, "error": str(exc) or type(exc).__name__}
+
+    trio.run(send_all)
+    rows = [results[n.id] for n in config.nodes if n.id in results]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        table = [{**row, "cut": ",".join(row.get("cut", [])) or None,
+                  "dropped": ",".join(row.get("dropped", [])) or None} for row in rows]
+        print(format_table(table, FAULT_COLUMNS))
+    return 1 if any("error" in row for row in rows) else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", default=argparse.SUPPRESS, help="cluster config (default: cluster.toml)")
@@ -261,6 +320,24 @@ def build_parser() -> argparse.ArgumentParser:
     trace.set_defaults(func=cmd_trace)
     compact = sub.add_parser("compact", parents=[common], help="force log compaction on every node")
     compact.set_defaults(func=cmd_compact)
+    fault = sub.add_parser("fault", parents=[common],
+                           help="cut/heal RPC links, drop/undrop RPC methods (needs transactions.fault_hooks)")
+    fault.set_defaults(func=cmd_fault)
+    output = argparse.ArgumentParser(add_help=False, parents=[common])
+    output.add_argument("--json", action="store_true")
+    ops = fault.add_subparsers(dest="op", required=True)
+    cut = ops.add_parser("cut", parents=[output], help="lose the RPC messages between A and B, both ways")
+    cut.add_argument("a", metavar="A")
+    cut.add_argument("b", metavar="B")
+    heal = ops.add_parser("heal", parents=[output], help="restore the A-B link, every link of A, or every link")
+    heal.add_argument("nodes", nargs="*", metavar="NODE")
+    drop = ops.add_parser("drop", parents=[output], help="NODE loses every call of METHOD it sends")
+    drop.add_argument("node", metavar="NODE")
+    drop.add_argument("method", metavar="METHOD")
+    undrop = ops.add_parser("undrop", parents=[output], help="NODE sends METHOD (or every dropped method) again")
+    undrop.add_argument("node", metavar="NODE")
+    undrop.add_argument("method", nargs="?", metavar="METHOD")
+    ops.add_parser("list", parents=[output], help="each node's cut links, dropped methods, lost messages")
     return parser
 
 

@@ -64,6 +64,8 @@ class Database:
         self._next_seq = {g.name: 1 for g in config.groups()}
         self._outstanding: dict[str, set[int]] = {g.name: set() for g in config.groups()}
         self._stats = ClientStatistics()
+        # Node-side fault injection only (commit.faults): why a (node id, method) message is lost, or None.
+        self.lose: Callable[[str, str], str | None] | None = None
 
     def leader_of(self, group: str) -> str | None:
         """The node this client last found leading ``group``, if any."""
@@ -213,6 +215,9 @@ class Database:
                 params["session"] = [self.client_id, seq, min(self._outstanding[group])]
             try:
                 with trio.fail_after(min(timeouts.client_attempt_s, remaining)):
+                    lost = self.lose(node, method) if self.lose is not None else None
+                    if lost is not None:
+                        raise Unavailable(lost)  # as if node were unreachable: nothing was sent
                     conn = await self._connection(node)
                     reply = await conn.call(method, params)
                 if group is not None:

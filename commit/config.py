@@ -59,20 +59,23 @@ class Timeouts:
     startup_s: float = 30.0
 
 
-PROTOCOLS = ("2pc", "raft-2pc", "paxos-commit", "fast-paxos-commit")
+PROTOCOLS = ("2pc", "raft-2pc", "paxos-commit", "fast-paxos-commit", "3pc", "3pc-quorum")
+COORDINATED_BY_NODE = ("2pc", "3pc", "3pc-quorum")  # by the one node ``transactions.twopc_coordinator``
 
 
 @dataclass(frozen=True)
 class Transactions:
     default_protocol: str = "paxos-commit"
-    twopc_coordinator: str = ""  # node id of the single 2pc coordinator; "" means the first node
+    twopc_coordinator: str = ""  # node id of the single 2pc and 3pc coordinator; "" means the first node
     vote_timeout_s: float = 2.0
     decision_resend_s: float = 0.5
     in_doubt_timeout_s: float = 1.0
     resolve_interval_s: float = 0.25
     lock_wait_s: float = 0.05
     retry_limit: int = 100
-    fault_hooks: bool = False  # test-only: lets RPC hold a coordinator at a named step
+    three_phase_wait_s: float = 1.0  # a silent 3pc coordinator: participants act after this ...
+    three_phase_stagger_s: float = 0.5  # ... plus this times the shard's place among the participants
+    fault_hooks: bool = False  # test-only: lets RPC hold a coordinator at a named step, cut links, drop messages
 
 
 @dataclass(frozen=True)

@@ -31,13 +31,15 @@ import math
 from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Protocol
 
 import trio
 
-from commit.coordinator import ABORTED, PENDING, CoordinatorState
+from commit.coordinator import ABORTED, COMMITTED, PENDING, CoordinatorState
 from commit.peers import Peers
 from commit.protocols import paxos_commit as pc
+from commit.protocols import three_phase as three
 from commit.protocols import two_phase as tp
 from commit.tracing import Tracer
 from commit.txlog import DecisionLog
@@ -47,7 +49,12 @@ from consensus.paxos import Ballot, ballot_of
 
 log = logging.getLogger(__name__)
 
-HOLD_POINTS = ("coordinator.after_votes", "coordinator.after_decision", "participant.before_2a")
+HOLD_POINTS = (
+    "coordinator.after_votes",
+    "coordinator.after_one_precommit",
+    "coordinator.after_decision",
+    "participant.before_2a",
+)
 
 
 class FaultHooks:
@@ -63,6 +70,9 @@ class FaultHooks:
         if point not in HOLD_POINTS:
             raise InvalidRequest(f"unknown hold point {point!r}; known: {', '.join(HOLD_POINTS)}")
         self.armed.add(point)
+
+    def armed_at(self, point: str) -> bool:
+        return point in self.armed
 
     async def checkpoint(self, point: str, txid: str) -> None:
         if point in self.armed:
@@ -137,8 +147,9 @@ class _Reply:
         self.reason = ""
 
 
-Core = tp.TwoPhaseCoordinator | pc.PaxosCommitLeader
+Core = tp.TwoPhaseCoordinator | pc.PaxosCommitLeader | three.ThreePhaseCoordinator | three.Terminator
 PAXOS = ("paxos-commit", "fast-paxos-commit")
+THREE_PHASE = ("3pc", "3pc-quorum")
 MAX_REMEMBERED = 100_000
 
 
@@ -203,6 +214,9 @@ class TransactionManager:
             yield (self.paxos.term(), self.paxos.rank, next(self._ballot_counter))
 
     def _core(self, txid: str, participants: tuple[str, ...]) -> Core:
+        if self.protocol in THREE_PHASE:
+            return three.ThreePhaseCoordinator(txid, participants, quorum=self.protocol == "3pc-quorum",
+                                               vote_timeout_s=self.vote_timeout_s, resend_s=self.resend_s)
         if self.paxos is not None:
             return pc.PaxosCommitLeader(
                 txid, participants, self.paxos.acceptors, self._ballots(), self.vote_timeout_s,
@@ -234,10 +248,34 @@ class TransactionManager:
         known = self.decided.get(txid)
         if known is not None or not participants:
             return known or PENDING  # without the participants there is no instance to recover
+        if self.protocol in THREE_PHASE:
+            return await self._participants_know(txid, participants)
         active = self._launch(txid, participants, None, pc.Recover(now=trio.current_time()))
         with trio.move_on_after(self.persist_timeout_s):
             await active.reply.done.wait()
         return active.reply.outcome or PENDING
+
+    async def _participants_know(self, txid: str, participants: tuple[str, ...]) -> str:
+        """3PC keeps no coordinator record: a decided participant is the answer (a silent one fences)."""
+        states = set()
+        for shard in participants:
+            with trio.move_on_after(self.vote_timeout_s):
+                try:
+                    states.add((await self.peers.query(shard, txid)))
+                except ClusterError as exc:
+                    log.info("%s: %s did not say its state: %s", txid, shard, exc)
+        for outcome in (COMMITTED, ABORTED):
+            if outcome in states:
+                return outcome
+        return PENDING
+
+    def terminate(self, txid: str, participants: tuple[str, ...], round_: three.Round, quorum: bool) -> bool:
+        """Run Skeen's termination protocol for txid at ``round_``, unless a terminator already runs here."""
+        if txid in self.active:
+            return False
+        core = three.Terminator(txid, participants, round_, quorum, self.vote_timeout_s)
+        self._start(txid, core, None, tp.Start(now=trio.current_time()))
+        return True
 
     def resume(self, txid: str, participants: tuple[str, ...], outcome: str | None) -> None:
         """Finish a transaction this node found unfinished in durable state (after a crash or failover)."""
@@ -255,9 +293,12 @@ class TransactionManager:
         self, txid: str, participants: tuple[str, ...], payloads: dict[str, dict[str, Any]] | None,
         first: Any,
     ) -> ActiveTxn:
-        active = ActiveTxn(self._core(txid, participants), trio.current_time(), _Reply(), payloads)
+        return self._start(txid, self._core(txid, participants), payloads, first or tp.Start(now=trio.current_time()))
+
+    def _start(self, txid: str, core: Core, payloads: dict[str, dict[str, Any]] | None, first: Any) -> ActiveTxn:
+        active = ActiveTxn(core, trio.current_time(), _Reply(), payloads)
         self.active[txid] = active
-        self.nursery.start_soon(self._drive, txid, active, first or tp.Start(now=trio.current_time()))
+        self.nursery.start_soon(self._drive, txid, active, first)
         return active
 
     async def _drive(self, txid: str, active: ActiveTxn, first: Any) -> None:
@@ -311,11 +352,26 @@ class TransactionManager:
             case pc.Phase2a(ballot=ballot, values=values):
                 for acceptor in self.paxos.acceptors if self.paxos else ():
                     tasks.start_soon(self._phase2a, txid, acceptor, ballot, values, active, feed)
+            case three.SendMove(participant=shard, target=target, round=round_):
+                if round_ == three.COORDINATOR_ROUND:  # the coordinator's PreCommit
+                    await self.hooks.checkpoint("coordinator.after_votes", txid)
+                    if self.hooks.armed_at("coordinator.after_one_precommit"):
+                        await self._three_phase_call(txid, shard, "3pc.move", round_, active, feed, target=target)
+                        await self.hooks.checkpoint("coordinator.after_one_precommit", txid)
+                tasks.start_soon(partial(self._three_phase_call, txid, shard, "3pc.move", round_, active, feed,
+                                         target=target))
+            case three.SendJoin(participant=shard, round=round_):
+                tasks.start_soon(self._three_phase_call, txid, shard, "3pc.join", round_, active, feed)
+            case three.GaveUp(reason=reason):
+                log.info("%s: termination gave up: %s", txid, reason)
             case tp.SendDecision(participant=shard, outcome=outcome):
                 tasks.start_soon(self._send_decision, txid, shard, outcome, active, feed)
             case tp.Reply(outcome=outcome):
-                if self.paxos is not None:
-                    await self.hooks.checkpoint("coordinator.after_votes", txid)
+                if self.protocol in THREE_PHASE:
+                    await self.hooks.checkpoint("coordinator.after_decision", txid)
+                if self.store is None:
+                    if self.paxos is not None:
+                        await self.hooks.checkpoint("coordinator.after_votes", txid)
                     self.decided[txid] = outcome
                     while len(self.decided) > MAX_REMEMBERED:
                         self.decided.popitem(last=False)
@@ -376,6 +432,25 @@ class TransactionManager:
                 active.no_reasons.append(f"{shard}: {reason}")
             active.hop = max(active.hop, 3)
             feed(tp.Vote(now=trio.current_time(), participant=shard, yes=yes))
+
+    async def _three_phase_call(self, txid: str, shard: str, method: str, round_: three.Round, active: ActiveTxn,
+                                feed: Callable[[Any], None], target: str | None = None) -> None:
+        """A PreCommit or termination message to one participant; its state comes back as a StateReport."""
+        params: dict[str, Any] = {"txid": txid, "shard": shard, "round": list(round_), "leader": self.node_id}
+        if target is not None:
+            params["target"] = target
+        kind = {"3pc.join": "state-request", three.PRECOMMITTED: "precommit", three.PREABORTED: "preabort"}
+        hop = active.hop + 1
+        params["hop"] = hop
+        with trio.move_on_after(self.vote_timeout_s):
+            try:
+                reply = await self.peers.call_group_traced(shard, method, params, kind[target or method], hop)
+            except ClusterError as exc:
+                log.info("%s: %s to %s failed: %s", txid, method, shard, exc)
+                return
+            active.hop = max(active.hop, hop + 1)
+            feed(three.StateReport(now=trio.current_time(), participant=shard, state=reply["state"],
+                                   promised=(reply["promised"][0], reply["promised"][1])))
 
     async def _ask_acceptor(self, txid: str, acceptor: str, kind: str, method: str, params: dict[str, Any],
                             active: ActiveTxn) -> dict[str, Any] | None:

@@ -3,7 +3,9 @@
 ``spawn_node`` starts one ``node.py start`` process. ``LocalCluster`` writes a
 throwaway cluster.toml on free loopback ports (the same settings as the
 default cluster.toml unless told otherwise) and starts, kills -9, pauses and
-restarts its nodes. Everything is real: processes, TCP, files.
+restarts its nodes. Everything is real: processes, TCP, files. With
+``transactions.fault_hooks`` on, it also cuts and heals the nodes' RPC links,
+drops RPC methods and holds coordinators (``commit.faults``).
 """
 
 from __future__ import annotations
@@ -19,8 +21,9 @@ from typing import Any
 
 import trio
 
-from commit.admin import cluster_status, node_call, wait_for_leaders
-from commit.config import ClusterConfig, load_config, shard_group
+from commit.admin import cluster_report, cluster_status, node_call, wait_for_leaders
+from commit.config import COORDINATED_BY_NODE, ClusterConfig, load_config, shard_group
+from commit.faults import link_requests
 from commit.routing import shard_of
 from commit.transaction import Transaction
 from consensus.errors import ClusterError
@@ -167,10 +170,12 @@ class LocalCluster:
         await wait_for_leaders(self.config)
 
         async def all_reachable() -> list[dict[str, Any]]:
-            rows = await self.status()
+            report = await cluster_report(self.config)
             running = {n for n in self.node_ids if self.alive(n)}
-            answered = {r["node"] for r in rows if r.get("reachable")}
-            return rows if running <= answered else []
+            # a node that hosts no group (a dedicated coordinator) still reports its transactions
+            answered = {r["node"] for r in report["groups"] if r.get("reachable")}
+            answered |= {r["node"] for r in report["transactions"]}
+            return report["groups"] if running <= answered else []
 
         return await self.wait_until(all_reachable, self.config.timeouts.startup_s, "every running node to answer")
 
@@ -184,6 +189,48 @@ class LocalCluster:
 
     async def call(self, node_id: str, method: str, params: dict[str, Any]) -> Any:
         return await node_call(self.config, node_id, method, params)
+
+    # -- fault injection (needs transactions.fault_hooks; RPC traffic only, never Raft: see commit.faults) --
+
+    async def cut(self, a: str, b: str) -> None:
+        """Lose every node-to-node RPC message between ``a`` and ``b``, both ways (both nodes are told)."""
+        for node_id, params in link_requests("cut", a, b, self.node_ids):
+            await self.call(node_id, "test.fault", params)
+
+    async def heal(self, a: str | None = None, b: str | None = None) -> None:
+        """Restore the a-b link; with ``a`` alone every link of a; with neither every link on every running node.
+
+        Links only: methods dropped with ``drop`` stay dropped (see ``undrop``).
+        """
+        running = [n for n in self.node_ids if self.alive(n)]
+        for node_id, params in link_requests("heal", a, b, running):
+            await self.call(node_id, "test.fault", params)
+
+    async def partition(self, side_a: list[str], side_b: list[str]) -> None:
+        """Cut every link between a node of ``side_a`` and a node of ``side_b``."""
+        for a in side_a:
+            for b in side_b:
+                await self.cut(a, b)
+
+    async def drop(self, node_id: str, method: str) -> None:
+        """``node_id`` loses every ``method`` call it sends (e.g. ``shard.prepare``), to any node."""
+        await self.call(node_id, "test.fault", {"op": "drop", "method": method})
+
+    async def undrop(self, node_id: str, method: str | None = None) -> None:
+        """``node_id`` sends ``method`` again; every method it drops when ``method`` is None."""
+        params: dict[str, Any] = {"op": "undrop"}
+        if method is not None:
+            params["method"] = method
+        await self.call(node_id, "test.fault", params)
+
+    async def hold(self, node_id: str, point: str) -> None:
+        """Arm a hold point on ``node_id`` (``commit.coordinating.HOLD_POINTS``): it freezes there."""
+        await self.call(node_id, "test.hold", {"point": point})
+
+    async def faults(self) -> dict[str, dict[str, Any]]:
+        """Each running node's link faults: cut peers, dropped methods, messages lost so far."""
+        return {n: (await self.call(n, "test.fault", {"op": "list"}))["faults"]
+                for n in self.node_ids if self.alive(n)}
 
     async def shard_leader_rows(self) -> dict[str, dict[str, Any]]:
         """Each shard's status row as its leader reports it (keys, prepared transactions, locks)."""
@@ -211,7 +258,7 @@ class LocalCluster:
         Needs ``transactions.fault_hooks``. The commit runs in ``nursery`` and its error (the coordinator
         is meant to die under it) is ignored: callers judge the outcome from the shards.
         """
-        coordinator = self.config.twopc_coordinator if protocol == "2pc" else (await self.leaders())["coord"]
+        coordinator = self.config.twopc_coordinator if protocol in COORDINATED_BY_NODE else (await self.leaders())["coord"]
         await db.put(src, 100)
         await db.put(dst, 0)
         await self.call(coordinator, "test.hold", {"point": point})
@@ -237,6 +284,27 @@ class LocalCluster:
         else:
             await self.wait_until(_returns(lambda: tx.txid is not None), 10, "the commit to start")
         return tx
+
+    async def place_leaders(self, placement: dict[str, str], within_s: float = 20.0) -> None:
+        """Move each group's leadership to the given node (needs ``transactions.fault_hooks``).
+
+        Demonstrations need to know which node acts for which shard; Raft elections are random, so
+        this asks each current leader to hand over (PySyncObj's transferLeadership) until it holds.
+        """
+
+        async def placed() -> bool:
+            leaders = await self.leaders()
+            wrong = {g: n for g, n in placement.items() if leaders.get(g) != n}
+            for group, node in wrong.items():
+                current = leaders.get(group)
+                if current is not None:
+                    try:
+                        await self.call(current, "test.transfer_leader", {"group": group, "to": node})
+                    except ClusterError:
+                        pass  # not caught up yet, or leadership moved meanwhile: ask again next round
+            return not wrong
+
+        await self.wait_until(placed, within_s, f"leaders placed as {placement}")
 
     async def wait_until(self, predicate: Any, timeout_s: float, what: str) -> Any:
         with trio.move_on_after(timeout_s):

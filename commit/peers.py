@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
-from commit.config import COORDINATOR_GROUP
+from commit.config import COORDINATED_BY_NODE, COORDINATOR_GROUP
 from commit.tracing import Tracer
 from commit.txids import ONE_PHASE, authority_of
 
@@ -45,11 +45,16 @@ class Peers:
                       meta: dict[str, Any]) -> tuple[bool, str]:
         """PREPARE with the payload, or, for a coordinator that recovered without it, a vote query."""
         if payload is None:
-            reply = await self.db.call_group(shard, "shard.query", {"txid": txid, "shard": shard})
-            return reply["state"] in ("prepared", "committed"), reply["state"]
+            state = await self.query(shard, txid)
+            return state in ("prepared", "committed"), state
         params = {"txid": txid, "shard": shard, **payload, **meta}
         reply = await self.call_group_traced(shard, "shard.prepare", params, "prepare", meta["hop"])
         return reply["vote"] == "yes", reply.get("reason", "")
+
+    async def query(self, shard: str, txid: str) -> str:
+        """The shard's state for txid; a shard that never prepared it records it aborted first."""
+        reply = await self.db.call_group(shard, "shard.query", {"txid": txid, "shard": shard})
+        return reply["state"]
 
     async def decide(self, shard: str, txid: str, outcome: str, hop: int) -> None:
         params = {"txid": txid, "shard": shard, "outcome": outcome}
@@ -60,12 +65,11 @@ class Peers:
         """The outcome as the authority for txid knows it: committed, aborted or pending."""
         protocol, shard = authority_of(txid)
         if protocol == ONE_PHASE and shard is not None:
-            reply = await self.db.call_group(shard, "shard.query", {"txid": txid, "shard": shard})
-            return reply["state"]
+            return await self.query(shard, txid)
         params: dict[str, Any] = {"txid": txid}
         if participants:
             params["participants"] = list(participants)
-        if protocol == "2pc":
+        if protocol in COORDINATED_BY_NODE:
             reply = await self.db.call_node(self.db.config.twopc_coordinator, "txn.status", params)
         else:
             reply = await self.db.call_group(COORDINATOR_GROUP, "txn.status", params)

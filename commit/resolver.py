@@ -10,6 +10,9 @@ leaves it prepared, locks held, to ask again next round.
 
 A read that meets a prepared writer's lock uses ``resolve`` too, after a
 short wait, so a reader never sees half of a transaction.
+
+3PC transactions are left to ``commit.termination``: a 3PC participant does
+not wait for its coordinator's answer, it terminates without it.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from typing import Any
 
 import trio
 
+from commit.coordinating import THREE_PHASE
 from commit.coordinator import ABORTED, COMMITTED
 from commit.peers import Peers
 from commit.shard import ShardState
@@ -73,6 +77,8 @@ class InDoubtResolver:
                 if not group.is_leader():
                     continue
                 for txid in self._prepared(group):
+                    if authority_of(txid)[0] in THREE_PHASE:
+                        continue
                     key = (name, txid)
                     seen.add(key)
                     first = self.first_seen.setdefault(key, now)

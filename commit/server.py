@@ -5,6 +5,7 @@ outlives ``serve_node``):
 
 * the RPC server;
 * the in-doubt resolver for the shards this node leads;
+* the 3PC silence watch for the same shards (``commit.termination``);
 * the coordinator-group watcher: when this node becomes the group's leader,
   it resumes every ``raft-2pc`` transaction the old leader left in flight;
 * on the ``2pc`` coordinator node, the transactions its log says were decided
@@ -22,6 +23,7 @@ from commit.client import connect
 from commit.config import COORDINATOR_GROUP, ClusterConfig
 from commit.coordinating import (
     PAXOS,
+    THREE_PHASE,
     FaultHooks,
     LocalLogStore,
     PaxosSetup,
@@ -30,11 +32,13 @@ from commit.coordinating import (
     recover_in_flight,
 )
 from commit.coordinator import CoordinatorState
+from commit.faults import LinkFaults
 from commit.paxos_node import PaxosNode
 from commit.peers import Peers
 from commit.resolver import InDoubtResolver
 from commit.service import NodeService
 from commit.shard import ShardState
+from commit.termination import SilenceWatch
 from commit.tracing import Tracer
 from commit.txlog import DecisionLog
 from consensus.acceptor import Acceptor
@@ -80,10 +84,13 @@ async def serve_node(
     specs = [(spec, _machine_for(spec.name)) for spec in config.group_specs(node_id)]
     txn = config.transactions
     hooks = FaultHooks(txn.fault_hooks)
+    faults = LinkFaults(node_id, txn.fault_hooks)
     tracer = Tracer(node_id)
     acceptors = config.coordinator_members
     with open_replica_groups(specs, token) as groups:
         async with connect(config) as peer_db, trio.open_nursery() as nursery:
+            if faults.enabled:
+                peer_db.lose = faults.lost  # this node's outgoing node-to-node messages only
             peers = Peers(peer_db, tracer)
 
             def manager(protocol: str, store: LocalLogStore | RaftStore | None,
@@ -109,7 +116,14 @@ async def serve_node(
                 managers["2pc"] = manager("2pc", LocalLogStore(decision_log))
                 for txid, logged in decision_log.unfinished():
                     managers["2pc"].resume(txid, logged.participants, logged.outcome)
+                for protocol in THREE_PHASE:
+                    managers[protocol] = manager(protocol, None)
             shards = {name: g for name, g in groups.items() if name != COORDINATOR_GROUP}
+            silence = SilenceWatch(
+                shards, manager("3pc-termination", None), wait_s=txn.three_phase_wait_s,
+                stagger_s=txn.three_phase_stagger_s, interval_s=txn.resolve_interval_s,
+            )
+            nursery.start_soon(silence.run)
             resolver = InDoubtResolver(
                 shards, peers, timeout_s=txn.in_doubt_timeout_s, interval_s=txn.resolve_interval_s,
                 ask_timeout_s=config.timeouts.request_s,
@@ -117,7 +131,7 @@ async def serve_node(
             nursery.start_soon(resolver.run)
             paxos_node = PaxosNode(node_id, acceptor, acceptors, peers, tracer, shards,
                                    txn.vote_timeout_s, nursery)
-            service = NodeService(config, node_id, groups, managers, resolver, hooks, paxos_node, tracer)
+            service = NodeService(config, node_id, groups, managers, resolver, hooks, faults, paxos_node, tracer)
             await nursery.start(
                 partial(
                     serve_rpc, service.router(), node_id=node_id, host=node.host,

@@ -16,6 +16,9 @@ Methods (params -> result):
     shard.prepare    {txid, shard, reads, writes}   -> {vote, reason?}
     shard.query      {txid, shard}                  -> {state}       (fences unknown txids)
     shard.decide     {txid, shard, outcome}         -> {state}
+    shard.inspect    {txid, shard}                  -> {state, phase, promised}  read-only (no fencing)
+    3pc.join         {txid, shard, round, leader, hop}         -> {state, promised}   3PC state request
+    3pc.move         {txid, shard, round, target, leader, hop} -> {state, promised}   PreCommit / PreAbort
     paxos.phase2a    {txid, shard, value, participants, leader, fast, hop} -> {}   acceptor, ballot 0
     paxos.phase2b    {txid, acceptor, ballot, values, hop}                -> {}   leader
     paxos.learn      {txid, shard, acceptor, ballot, values, participants, hop} -> {outcome}  fast participant
@@ -26,6 +29,9 @@ Methods (params -> result):
     node.status      {}                             -> {node, groups, transactions, in_doubt, counters}
     node.compact     {}                             -> {groups}
     test.hold        {point}                        -> {}            only with transactions.fault_hooks
+    test.transfer_leader {group, to}                -> {}            only with transactions.fault_hooks
+    test.fault       {op, peer?, method?}           -> {faults}      only with transactions.fault_hooks
+                     op: cut | heal | drop | undrop | list (commit.faults)
 
 ``session`` is ``[client_id (16 bytes), seq, low_water]`` (see
 ``consensus.sessions``); values are bytes (the client packs them).
@@ -40,13 +46,15 @@ from typing import Any
 
 import trio
 
-from commit.config import COORDINATOR_GROUP, ClusterConfig, shard_group
-from commit.coordinating import PAXOS, FaultHooks, TransactionManager
+from commit.config import COORDINATED_BY_NODE, COORDINATOR_GROUP, ClusterConfig, shard_group
+from commit.coordinating import PAXOS, THREE_PHASE, FaultHooks, TransactionManager
 from commit.coordinator import ABORTED, COMMITTED, CoordinatorState
 from commit.errors import CommitUnknown, Conflict
+from commit.faults import OPS, LinkFaults
 from commit.paxos_node import PaxosNode
 from commit.peers import COORDINATED_BY_GROUP
 from commit.protocols.paxos_commit import PREPARED, Phase2b
+from commit.protocols.three_phase import PREABORTED, PRECOMMITTED, Round
 from commit.resolver import InDoubtResolver
 from commit.routing import key_bytes, shard_of
 from commit.shard import ShardState
@@ -85,6 +93,7 @@ class NodeService:
         managers: dict[str, TransactionManager],
         resolver: InDoubtResolver,
         hooks: FaultHooks,
+        faults: LinkFaults,
         paxos: PaxosNode,
         tracer: Tracer,
     ) -> None:
@@ -94,6 +103,7 @@ class NodeService:
         self.managers = managers
         self.resolver = resolver
         self.hooks = hooks
+        self.faults = faults
         self.paxos = paxos
         self.tracer = tracer
         paxos.deliver_local = self._deliver_phase2b
@@ -110,6 +120,9 @@ class NodeService:
             "shard.prepare": self.shard_prepare,
             "shard.query": self.shard_query,
             "shard.decide": self.shard_decide,
+            "shard.inspect": self.shard_inspect,
+            "3pc.join": self.three_phase_join,
+            "3pc.move": self.three_phase_move,
             "paxos.phase2a": self.paxos_phase2a,
             "paxos.phase2b": self.paxos_phase2b,
             "paxos.learn": self.paxos_learn,
@@ -120,6 +133,8 @@ class NodeService:
             "node.status": self.node_status,
             "node.compact": self.node_compact,
             "test.hold": self.test_hold,
+            "test.transfer_leader": self.test_transfer_leader,
+            "test.fault": self.test_fault,
         }
 
     # -- validation -----------------------------------------------------------------
@@ -181,11 +196,11 @@ class NodeService:
 
     def _manager(self, txid: str) -> TransactionManager:
         protocol, _ = authority_of(txid)
-        if protocol == "2pc":
+        if protocol in COORDINATED_BY_NODE:
             if self.node_id != self.config.twopc_coordinator:
-                raise NotLeader(f"2pc transactions are coordinated by {self.config.twopc_coordinator}",
+                raise NotLeader(f"{protocol} transactions are coordinated by {self.config.twopc_coordinator}",
                                 leader=self.config.twopc_coordinator)
-            return self.managers["2pc"]
+            return self.managers[protocol]
         if protocol in COORDINATED_BY_GROUP:
             self._leading(COORDINATOR_GROUP)
             return self.managers[protocol]
@@ -197,7 +212,7 @@ class NodeService:
         return tuple(self._shard_name(s) for s in raw)
 
     def _node_id(self, raw: Any, what: str) -> str:
-        if raw not in {n.id for n in self.config.nodes}:
+        if not isinstance(raw, str) or raw not in {n.id for n in self.config.nodes}:
             raise InvalidRequest(f"{what} must be a node id of this cluster, got {raw!r:.40}")
         return raw
 
@@ -419,6 +434,49 @@ class NodeService:
         txid, group = self._participant(params)
         return {"state": await self._propose(group, ("refuse", txid))}
 
+    def _round(self, raw: Any) -> Round:
+        if not (isinstance(raw, list) and len(raw) == 2
+                and all(isinstance(n, int) and not isinstance(n, bool) and 0 <= n < 2**31 for n in raw)):
+            raise InvalidRequest("round must be [attempt, participant] with small non-negative integers")
+        return raw[0], raw[1]
+
+    def _three_phase(self, params: dict[str, Any]) -> tuple[str, ReplicaGroup, Round, str, int]:
+        txid, group = self._participant(params)
+        if authority_of(txid)[0] not in THREE_PHASE:
+            raise InvalidRequest(f"{txid} is not a 3pc transaction")
+        return txid, group, self._round(params.get("round")), self._node_id(params.get("leader"), "leader"), \
+            self._hop(params)
+
+    async def three_phase_join(self, params: dict[str, Any]) -> dict[str, Any]:
+        txid, group, round_, leader, hop = self._three_phase(params)
+        state, promised = await self._propose(group, ("3pc_join", txid, round_))
+        self.tracer.sent(txid, "state", leader, hop + 1)
+        return {"state": state, "promised": list(promised)}
+
+    async def three_phase_move(self, params: dict[str, Any]) -> dict[str, Any]:
+        txid, group, round_, leader, hop = self._three_phase(params)
+        target = params.get("target")
+        if target not in (PRECOMMITTED, PREABORTED):
+            raise InvalidRequest(f"target must be {PRECOMMITTED!r} or {PREABORTED!r}")
+        state, promised = await self._propose(group, ("3pc_move", txid, round_, target))
+        if state == target:
+            self.tracer.forced(txid, f"shard {target}")
+        self.tracer.sent(txid, "ack", leader, hop + 1)
+        return {"state": state, "promised": list(promised)}
+
+    async def shard_inspect(self, params: dict[str, Any]) -> dict[str, Any]:
+        """What the shard holds for txid, without fencing it: for demonstrations and operators."""
+        txid, group = self._participant(params)
+        await self._within_request_timeout(group.name, group.read_barrier, False)
+        machine = group.machine
+        assert isinstance(machine, ShardState)
+        prepared = machine.prepared.get(txid)
+        if prepared is not None and authority_of(txid)[0] in THREE_PHASE:
+            return {"state": PREPARED, "phase": prepared.phase, "promised": list(prepared.promised)}
+        if prepared is not None:
+            return {"state": PREPARED, "phase": None, "promised": None}
+        return {"state": machine.decided.get(txid, "unknown"), "phase": None, "promised": None}
+
     async def shard_decide(self, params: dict[str, Any]) -> dict[str, Any]:
         txid, group = self._participant(params)
         outcome = params.get("outcome")
@@ -453,13 +511,26 @@ class NodeService:
         transactions["resolved_in_doubt"] = dict(self.resolver.resolved)
         in_doubt = [row for m in self.managers.values() for row in m.in_doubt(now)] + self.resolver.in_doubt(now)
         counters = {"messages_sent": dict(self.tracer.messages), "forced_writes": dict(self.tracer.forced_writes)}
-        return {"node": self.node_id, "groups": rows, "transactions": transactions, "in_doubt": in_doubt,
-                "counters": counters}
+        status: dict[str, Any] = {"node": self.node_id, "groups": rows, "transactions": transactions, "in_doubt": in_doubt,
+                  "counters": counters}
+        if self.faults.active():
+            status["faults"] = self.faults.describe()
+        return status
 
     async def node_compact(self, params: dict[str, Any]) -> dict[str, Any]:
         for group in self.groups.values():
             group.force_log_compaction()
         return {"groups": sorted(self.groups)}
+
+    async def test_transfer_leader(self, params: dict[str, Any]) -> dict[str, Any]:
+        if not self.hooks.enabled:
+            raise InvalidRequest("fault hooks are disabled (transactions.fault_hooks = false)")
+        group = params.get("group")
+        if not isinstance(group, str) or group not in self.groups:
+            raise InvalidRequest(f"group must name a group hosted here ({', '.join(self.groups)})")
+        leading = self._leading(group)
+        leading.transfer_leadership(self._node_id(params.get("to"), "to"))
+        return {}
 
     async def test_hold(self, params: dict[str, Any]) -> dict[str, Any]:
         point = params.get("point")
@@ -467,3 +538,29 @@ class NodeService:
             raise InvalidRequest("point must be a string")
         self.hooks.arm(point)
         return {}
+
+    async def test_fault(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Cut or heal this node's outgoing links, drop or undrop an outgoing method (see ``commit.faults``)."""
+        self.faults.require_enabled()
+        op = params.get("op")
+        if op not in OPS:
+            raise InvalidRequest(f"op must be one of {', '.join(OPS)}, got {op!r:.40}")
+        if op == "cut":
+            self.faults.cut(self._peer(params.get("peer")))
+        elif op == "heal":
+            self.faults.heal(self._peer(params["peer"]) if "peer" in params else None)
+        elif op == "drop":
+            self.faults.drop(self._rpc_method(params.get("method")))
+        elif op == "undrop":
+            self.faults.undrop(self._rpc_method(params["method"]) if "method" in params else None)
+        return {"faults": self.faults.describe()}
+
+    def _peer(self, raw: Any) -> str:
+        if not isinstance(raw, str):
+            raise InvalidRequest(f"peer must be a node id of this cluster, got {raw!r:.40}")
+        return self._node_id(raw, "peer")
+
+    def _rpc_method(self, raw: Any) -> str:
+        if not (isinstance(raw, str) and raw in self.router()):
+            raise InvalidRequest(f"method must name an RPC method such as shard.prepare, got {raw!r:.40}")
+        return raw

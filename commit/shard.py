@@ -28,20 +28,30 @@ Concurrency control is optimistic, validated at prepare (DESIGN.md section 6):
     votes NO: this is what makes presumed abort safe.
 ``commit_one(txid, reads, writes)``  one-phase commit of a single-shard
     transaction: validate and apply in one command.
+``3pc_join(txid, round)`` / ``3pc_move(txid, round, target)`` /
+``3pc_timeout_abort(txid)``  Three-Phase Commit's participant states
+    (``commit.protocols.three_phase``): a prepared transaction is
+    ``waiting``, ``precommitted`` or ``preaborted``, and remembers the highest
+    termination round it joined; a move from a lower round is refused, and
+    precommitted and preaborted never turn into each other. Each answers
+    ``(state, promised round)``.
 ``put`` / ``delete``  single-key writes; they fail with ``Conflict`` on a
     locked key instead of breaking a prepared transaction's isolation.
 
 A participant never decides a prepared transaction on its own: only
-``commit`` or ``abort`` from the outcome of the coordinator ends it.
+``commit`` or ``abort`` from the outcome of the coordinator ends it; the
+one exception is 3PC's ``3pc_timeout_abort``, which only a ``waiting``
+participant that never joined a termination round may take.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from commit.errors import Conflict
+from commit.protocols.three_phase import COORDINATOR_ROUND, PREABORTED, PRECOMMITTED, WAITING, Round
 from consensus.errors import InternalError, InvalidRequest
 
 COMMITTED = "committed"
@@ -76,7 +86,9 @@ class Lock:
 class Prepared:
     reads: Reads
     writes: Writes
-    participants: tuple[str, ...] = ()  # Paxos Commit: the instances a recovering leader must look at
+    participants: tuple[str, ...] = ()  # Paxos Commit and 3PC: whom a recovering leader or terminator asks
+    phase: str = WAITING  # 3PC only: waiting, precommitted or preaborted
+    promised: Round = COORDINATOR_ROUND  # 3PC only: the highest termination round joined
 
 
 class ShardState:
@@ -133,6 +145,17 @@ class ShardState:
                 return state
             case ("commit_one", str() as txid, tuple() as reads, tuple() as writes):
                 return self._commit_one(txid, reads, writes)
+            case ("3pc_join", str() as txid, (int(), int()) as round_):
+                return self._join(txid, round_)
+            case ("3pc_move", str() as txid, (int(), int()) as round_, str() as target) if target in (
+                PRECOMMITTED, PREABORTED
+            ):
+                return self._move(txid, round_, target)
+            case ("3pc_timeout_abort", str() as txid):
+                prepared = self.prepared.get(txid)
+                if prepared is not None and prepared.phase == WAITING and prepared.promised == COORDINATOR_ROUND:
+                    self._abort(txid)
+                return self._three_phase_state(txid)
             case _:
                 raise InvalidRequest(f"unknown shard command {command!r:.80}")
 
@@ -224,6 +247,28 @@ class ShardState:
         if self.decided.get(txid) != ABORTED:
             self._decide(txid, ABORTED)
         return ABORTED
+
+    def _three_phase_state(self, txid: str) -> tuple[str, Round]:
+        prepared = self.prepared.get(txid)
+        if prepared is not None:
+            return prepared.phase, prepared.promised
+        state = self.decided.get(txid)
+        if state is None:  # never prepared here: fenced, exactly like a NO vote
+            self._decide(txid, ABORTED)
+            state = ABORTED
+        return state, COORDINATOR_ROUND
+
+    def _join(self, txid: str, round_: Round) -> tuple[str, Round]:
+        prepared = self.prepared.get(txid)
+        if prepared is not None and round_ > prepared.promised:
+            self.prepared[txid] = replace(prepared, promised=round_)
+        return self._three_phase_state(txid)
+
+    def _move(self, txid: str, round_: Round, target: str) -> tuple[str, Round]:
+        prepared = self.prepared.get(txid)
+        if prepared is not None and prepared.phase == WAITING and round_ >= prepared.promised:
+            self.prepared[txid] = replace(prepared, phase=target, promised=round_)
+        return self._three_phase_state(txid)
 
     def _commit_one(self, txid: str, reads: Reads, writes: Writes) -> Any:
         state = self.state_of(txid)

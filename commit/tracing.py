@@ -71,7 +71,9 @@ def sequence_diagram(events: list[dict[str, Any]], nodes: list[str]) -> str:
         for c in centers:
             row[c] = "|"
         note = ""
-        if e["event"] == "message" and e["src"] in col and e["dst"] in col:
+        if e["event"] == "message" and not (e["src"] in col and e["dst"] in col):
+            note = f"{e['src']}: {e['kind']}({e['hop']}) to {e['dst']}"  # e.g. a group whose leader it never reached
+        elif e["event"] == "message":
             a, b = col[e["src"]], col[e["dst"]]
             label = f"{e['kind']}({e['hop']})"
             if a == b:

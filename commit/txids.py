@@ -3,7 +3,7 @@
 A txid is ``"<protocol>:<32 hex digits>"`` for a multi-shard transaction and
 ``"1pc:<shard>:<32 hex digits>"`` for a single-shard one. 128 random bits
 never repeat across restarts; the prefix tells an in-doubt participant or a
-status query whom to ask (the 2pc coordinator node, the coordinator group,
+status query whom to ask (the 2pc/3pc coordinator node, the coordinator group,
 or the one shard). A txid that lies about its prefix cannot break safety:
 every authority fences an unknown txid as aborted before answering.
 """
@@ -16,7 +16,7 @@ import re
 from consensus.errors import InvalidRequest
 
 ONE_PHASE = "1pc"
-_TXID = re.compile(r"(2pc|raft-2pc|paxos-commit|fast-paxos-commit|1pc:shard-\d{1,4}):[0-9a-f]{32}")
+_TXID = re.compile(r"(2pc|raft-2pc|paxos-commit|fast-paxos-commit|3pc|3pc-quorum|1pc:shard-\d{1,4}):[0-9a-f]{32}")
 
 
 def new_txid(protocol: str, shard: str | None = None) -> str:

@@ -38,6 +38,7 @@ from consensus.durability import align_journal_with_snapshot, install_snapshot_s
 from consensus.errors import (
     ClusterError,
     InternalError,
+    InvalidRequest,
     NotLeader,
     SessionExpired,
     Unavailable,
@@ -245,6 +246,16 @@ class ReplicaGroup:
 
     def force_log_compaction(self) -> None:
         self._syncobj.forceLogCompaction()
+
+    def transfer_leadership(self, node_id: str) -> None:
+        """Ask this (leading) replica to hand leadership to ``node_id``; best effort, check ``leader_id``.
+
+        For tests and demonstrations that need a group led from a given node. PySyncObj refuses when
+        the target is not fully caught up; the caller polls and asks again.
+        """
+        if node_id not in self.spec.members or node_id == self.spec.self_id:
+            raise InvalidRequest(f"{self.name}: {node_id!r} is not another member of the group")
+        self._syncobj.transferLeadership(self.spec.members[node_id])
 
     def close(self) -> None:
         self._syncobj.destroy_synchronous()

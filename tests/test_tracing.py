@@ -219,10 +219,12 @@ def test_a_message_to_itself_is_a_note():
     assert "<" not in line and ">" not in line
 
 
-def test_a_message_to_an_unknown_node_draws_no_arrow_but_keeps_its_line():
+def test_a_message_to_an_unknown_node_draws_no_arrow_but_is_a_note():
     lines = sequence_diagram([msg("c", "elsewhere", "prepare", 1), fw("c", "decision")], NODES).split("\n")
     assert len(lines) == 3
-    assert set(lines[1]) <= {" ", "|"}
+    row, _, note = lines[1].partition("   c:")
+    assert set(row) <= {" ", "|"}
+    assert note == " prepare(1) to elsewhere"
 
 
 def test_diagram_of_a_tracer_record(clock):

@@ -244,7 +244,7 @@ def test_new_txids_are_unique():
         "",
         "2pc",
         "2pc:",
-        "3pc:" + "a" * 32,
+        "4pc:" + "a" * 32,
         "2PC:" + "a" * 32,
         "2pc:" + "a" * 31,
         "2pc:" + "a" * 33,
