@@ -123,10 +123,13 @@ class Database:
         return await run_transaction(self, fn, *args, protocol=protocol)
 
     async def status(self, txid: str, participants: tuple[str, ...] = ()) -> str:
-        """``committed``, ``aborted`` or ``pending``: asks the authority for txid (unknown means aborted).
+        """``committed``, ``aborted`` or ``pending``: asks the authority for txid.
 
-        A Paxos Commit outcome lives with the acceptors, one instance per participant: pass the
-        participants (``CommitUnknown.participants``) so a leader that never saw txid can recover it.
+        For 2PC an unknown txid is aborted (presumed abort). A Paxos Commit outcome lives with the
+        acceptors, one instance per participant, and a 3PC outcome with the participants themselves (the
+        3PC coordinator keeps no record): pass the participants (``CommitUnknown.participants``) so an
+        authority that never saw txid, or forgot it in a crash, can find the outcome; without them such a
+        txid stays ``pending``.
         """
         return await Peers(self).status(check_txid(txid), tuple(participants))
 
