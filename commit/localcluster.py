@@ -21,11 +21,12 @@ from typing import Any
 
 import trio
 
-from commit.admin import cluster_report, cluster_status, node_call, wait_for_leaders
+from commit.admin import cluster_report, cluster_status, node_call, transaction_trace, wait_for_leaders
 from commit.config import COORDINATED_BY_NODE, ClusterConfig, load_config, shard_group
 from commit.faults import link_requests
 from commit.routing import shard_of
 from commit.transaction import Transaction
+from commit.tracing import summarize
 from consensus.errors import ClusterError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -305,6 +306,18 @@ class LocalCluster:
             return not wrong
 
         await self.wait_until(placed, within_s, f"leaders placed as {placement}")
+
+    async def settled_trace(self, txid: str, within_s: float = 10.0) -> dict[str, Any]:
+        """txid's trace summary once it stopped growing for half a second (decisions land after the reply)."""
+        last: dict[str, Any] = {}
+        with trio.move_on_after(within_s):
+            while True:
+                summary = summarize(await transaction_trace(self.config, txid))
+                if summary == last and summary["messages"]:
+                    return summary
+                last = summary
+                await trio.sleep(0.5)
+        return last
 
     async def wait_until(self, predicate: Any, timeout_s: float, what: str) -> Any:
         with trio.move_on_after(timeout_s):

@@ -41,19 +41,6 @@ def quiet_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalClu
     yield from _started(tmp_path_factory.mktemp("quiet"), options=options)
 
 
-async def _settled_trace(cluster: LocalCluster, txid: str) -> dict:
-    """The transaction's trace once it stopped growing for half a second."""
-    last: dict = {}
-    with trio.move_on_after(10):
-        while True:
-            summary = summarize(await transaction_trace(cluster.config, txid))
-            if summary == last and summary["messages"]:
-                return summary
-            last = summary
-            await trio.sleep(0.5)
-    return last
-
-
 @pytest.mark.parametrize("n", [2, 3])
 @pytest.mark.parametrize("protocol", ["2pc", "raft-2pc", *PAXOS])
 async def test_messages_and_forced_writes_match_the_formulas(quiet_cluster: LocalCluster, protocol: str,
@@ -63,7 +50,7 @@ async def test_messages_and_forced_writes_match_the_formulas(quiet_cluster: Loca
         async with db.transaction(protocol) as tx:
             for key in keys:
                 tx.put(key, n)
-        summary = await _settled_trace(quiet_cluster, tx.txid)
+        summary = await quiet_cluster.settled_trace(tx.txid)
     print(protocol, n, summary)
     measured = {k: summary[k] for k in ("messages", "forced_writes", "message_delays")}
     assert measured == expected_costs(protocol, n), summary["messages_by_type"]

@@ -22,14 +22,13 @@ import pytest
 import trio
 
 import commit
-from commit.admin import transaction_trace
 from commit.config import shard_group
 from commit.localcluster import LocalCluster
 from commit.routing import keys_on_each_shard
-from commit.tracing import summarize
 from commit.txids import new_txid
 from consensus.errors import ClusterError, InvalidRequest, NotLeader
 from consensus.rpc import RpcClient, open_rpc_client
+from tests.bank import run_bank
 from tests.conftest import _started
 
 pytestmark = pytest.mark.cluster
@@ -114,58 +113,25 @@ async def shard_states(cluster: LocalCluster, txid: str, shards: list[str]) -> d
 # -- 1. transfers keep the total; aborts leave nothing ------------------------------------------
 
 
-@commit.transactional
-async def transfer(tx: commit.Transaction, src: str, dst: str, amount: int) -> None:
-    a = (await tx.get(src)).value
-    b = (await tx.get(dst)).value
-    tx.put(src, a - amount)
-    tx.put(dst, b + amount)
-
-
 @pytest.mark.parametrize("protocol", THREE)
 async def test_bank_transfers_keep_the_total(three_cluster: LocalCluster, protocol: str, seed: int) -> None:
     cluster = three_cluster
-    rng = random.Random(seed)
     accounts = [k for keys in keys_by_shard(2, f"bank-{protocol}-").values() for k in keys]
     total = 100 * len(accounts)
-    clients, per_client = 6, 12
-    audits: list[int] = []
-    transfers = 0
     quiet_before = termination_lines(cluster)
     started = trio.current_time()
     async with commit.connect(cluster.config) as db:
-        for account in accounts:
-            await db.put(account, 100)
-
-        async def client() -> None:
-            nonlocal transfers
-            local = random.Random(rng.random())
-            for _ in range(per_client):
-                src, dst = local.sample(accounts, 2)
-                await db.run(transfer, src, dst, local.randint(1, 20), protocol=protocol)
-                transfers += 1
-
-        async def audit(tx: commit.Transaction) -> int:
-            return sum([(await tx.get(a)).value for a in accounts])
-
-        async def auditor() -> None:
-            for _ in range(8):
-                audits.append(await db.run(audit, protocol=protocol))
-
-        async with trio.open_nursery() as nursery:
-            for _ in range(clients):
-                nursery.start_soon(client)
-            nursery.start_soon(auditor)
-        elapsed = trio.current_time() - started
-        balances = [(await db.get(a)).value for a in accounts]
+        run = await run_bank(db, accounts, protocol, random.Random(seed), clients=6, transfers_each=12,
+                             audits=8, start_balance=100)
+    elapsed = trio.current_time() - started
     counts = (await cluster.call(COORDINATOR, "node.status", {}))["transactions"].get(protocol)
     # participants that gave up on a live (merely slow) coordinator: allowed, but worth seeing
     quiet = termination_lines(cluster)[len(quiet_before):]
-    print(f"{protocol}: {transfers} transfers + {len(audits)} audits in {elapsed:.2f}s; "
+    print(f"{protocol}: {run.transfers} transfers + {len(run.audits)} audits in {elapsed:.2f}s; "
           f"coordinator outcomes {counts}; {len(quiet)} participant timeouts" + "".join(f"\n  {q}" for q in quiet))
-    assert transfers == clients * per_client
-    assert sum(balances) == total, balances
-    assert audits and all(a == total for a in audits), audits
+    assert run.transfers == 6 * 12
+    assert sum(run.balances) == total, run.balances
+    assert run.audits and all(a == total for a in run.audits), run.audits
     await cluster.wait_unlocked(within_s=10)
 
 
@@ -204,19 +170,6 @@ def expected_costs(n: int) -> dict[str, int]:
     return {"messages": 5 * n, "forced_writes": 2 * n, "message_delays": 6}
 
 
-async def settled_trace(cluster: LocalCluster, txid: str) -> dict[str, Any]:
-    """The transaction's trace summary once it stopped growing for half a second."""
-    last: dict[str, Any] = {}
-    with trio.move_on_after(10):
-        while True:
-            summary = summarize(await transaction_trace(cluster.config, txid))
-            if summary == last and summary["messages"]:
-                return summary
-            last = summary
-            await trio.sleep(0.5)
-    return last
-
-
 @pytest.mark.parametrize("n", [2, 3])
 @pytest.mark.parametrize("protocol", THREE)
 async def test_messages_and_forced_writes_match_the_formulas(three_cluster: LocalCluster, protocol: str,
@@ -229,7 +182,7 @@ async def test_messages_and_forced_writes_match_the_formulas(three_cluster: Loca
                 tx.put(key, n)
         latency = trio.current_time() - started
         assert tx.txid is not None and tx.txid.startswith(f"{protocol}:")
-        summary = await settled_trace(three_cluster, tx.txid)
+        summary = await three_cluster.settled_trace(tx.txid)
         assert [(await db.get(k)).value for k in keys] == [n] * n
     print(f"{protocol} N={n}: commit {latency * 1000:.1f} ms; {summary}")
     measured = {k: summary[k] for k in ("messages", "forced_writes", "message_delays")}

@@ -14,6 +14,7 @@ import commit
 from commit.config import ClusterConfig, shard_group
 from commit.localcluster import LocalCluster
 from commit.routing import keys_on_each_shard
+from tests.bank import run_bank
 from tests.conftest import _started
 
 pytestmark = pytest.mark.cluster
@@ -31,48 +32,16 @@ def keys_by_shard(count_per_shard: int, prefix: str) -> dict[int, list[str]]:
     return dict(enumerate(keys_on_each_shard(prefix, count_per_shard, 3)))
 
 
-@commit.transactional
-async def transfer(tx: commit.Transaction, src: str, dst: str, amount: int) -> None:
-    a = (await tx.get(src)).value
-    b = (await tx.get(dst)).value
-    tx.put(src, a - amount)
-    tx.put(dst, b + amount)
-
-
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 async def test_bank_transfers_keep_the_total(txn_cluster: LocalCluster, protocol: str, seed: int) -> None:
-    rng = random.Random(seed)
     accounts = [k for keys in keys_by_shard(ACCOUNTS_PER_SHARD, f"{protocol}-acct").values() for k in keys]
     total = START_BALANCE * len(accounts)
-    audits: list[int] = []
-    transfers = 0
     async with commit.connect(txn_cluster.config) as db:
-        for account in accounts:
-            await db.put(account, START_BALANCE)
-
-        async def client(n: int) -> None:
-            nonlocal transfers
-            local = random.Random(rng.random())
-            for _ in range(15):
-                src, dst = local.sample(accounts, 2)
-                await db.run(transfer, src, dst, local.randint(1, 20), protocol=protocol)
-                transfers += 1
-
-        async def audit(tx: commit.Transaction) -> int:
-            return sum([(await tx.get(a)).value for a in accounts])
-
-        async def auditor() -> None:
-            for _ in range(10):
-                audits.append(await db.run(audit, protocol=protocol))
-
-        async with trio.open_nursery() as nursery:
-            for n in range(8):
-                nursery.start_soon(client, n)
-            nursery.start_soon(auditor)
-        balances = [(await db.get(a)).value for a in accounts]
-    assert transfers == 8 * 15
-    assert sum(balances) == total, balances
-    assert audits and all(a == total for a in audits), audits
+        run = await run_bank(db, accounts, protocol, random.Random(seed), clients=8, transfers_each=15,
+                             audits=10, start_balance=START_BALANCE)
+    assert run.transfers == 8 * 15
+    assert sum(run.balances) == total, run.balances
+    assert run.audits and all(a == total for a in run.audits), run.audits
     await txn_cluster.wait_unlocked(within_s=10)
 
 
