@@ -251,8 +251,8 @@ async def coordinator_crash(stage: Stage, protocol: str, point: str = "coordinat
                             patience_s: float = 6.0) -> dict[str, Any]:
     """Kill -9 the coordinator held at ``point``; restart it only if the shards cannot finish without it."""
     stage.log(f"\n== {protocol}: kill -9 the coordinator at {point} ==")
-    async with trio.open_nursery() as nursery:
-        run = await start_held_transfer(stage, protocol, point, ["shard-0", "shard-1"], nursery)
+    async with trio.open_nursery() as client:
+        run = await start_held_transfer(stage, protocol, point, ["shard-0", "shard-1"], client)
         if point == "coordinator.after_decision" and protocol in ("3pc", "3pc-quorum"):
             await wait_for_states(stage, run, lambda s: all(v.endswith("precommitted") for v in s.values()),
                                   "every participant precommitted")
@@ -261,17 +261,19 @@ async def coordinator_crash(stage: Stage, protocol: str, point: str = "coordinat
         victim = stage.coordinator_of(protocol, await stage.cluster.leaders())
         stage.cluster.kill(victim)
         run.fault_at = time.monotonic()
-        stage.log(f"killed coordinator {victim}; watching the shards for {patience_s}s")
-        await watch(stage, run, patience_s)
-        needed_restart = any(s.startswith("prepared") for s in run.states.values())
-        if needed_restart:
-            await read_values(stage, run)
-            refused = [s for s, v in run.values.items() if v is None]
-            stage.log(f"still blocked after {patience_s}s; readers refused on {', '.join(refused) or 'none'}; "
-                      f"restarting {victim}")
-            stage.cluster.start(victim)
-            await watch(stage, run, 30)
-        nursery.cancel_scope.cancel()
+        # The client gives up too: a retry would send the whole transaction again (to the restarted or
+        # new coordinator), and this is about what the participants do on their own.
+        client.cancel_scope.cancel()
+    stage.log(f"killed coordinator {victim}; watching the shards for {patience_s}s")
+    await watch(stage, run, patience_s)
+    needed_restart = any(s.startswith("prepared") for s in run.states.values())
+    if needed_restart:
+        await read_values(stage, run)
+        refused = [s for s, v in run.values.items() if v is None]
+        stage.log(f"still blocked after {patience_s}s; readers refused on {', '.join(refused) or 'none'}; "
+                  f"restarting {victim}")
+        stage.cluster.start(victim)
+        await watch(stage, run, 30)
     result = await finish(stage, run)
     result["coordinator"] = victim
     result["needed_coordinator_back"] = needed_restart
@@ -283,22 +285,22 @@ async def partition_after_one_precommit(stage: Stage, protocol: str, window_s: f
     """PreCommit reaches shard-0 only; then {n1}, {n2: shard-0} and {n3, n4: shard-1, shard-2} are cut apart."""
     stage.log(f"\n== {protocol}: partition after PreCommit reached shard-0 only ==")
     shards = ["shard-0", "shard-1", "shard-2"]
-    async with trio.open_nursery() as nursery:
-        run = await start_held_transfer(stage, protocol, "coordinator.after_one_precommit", shards, nursery)
+    async with trio.open_nursery() as client:
+        run = await start_held_transfer(stage, protocol, "coordinator.after_one_precommit", shards, client)
         await wait_for_states(stage, run, lambda s: s["shard-0"].endswith("precommitted")
                               and _all_prepared(s), "PreCommit reached shard-0")
         await stage.cluster.partition(["n1"], ["n2", "n3", "n4"])
         await stage.cluster.partition(["n2"], ["n3", "n4"])
         run.fault_at = time.monotonic()
-        stage.log("partitioned: {n1} | {n2: shard-0} | {n3, n4: shard-1, shard-2}; the coordinator is cut off")
-        await watch(stage, run, window_s)
-        during = dict(run.states)
-        await read_values(stage, run)
-        values_during = dict(run.values)
-        await stage.cluster.heal()
-        stage.log("healed every link; watching again")
-        await watch(stage, run, window_s)
-        nursery.cancel_scope.cancel()
+        client.cancel_scope.cancel()  # the client gives up on the frozen coordinator
+    stage.log("partitioned: {n1} | {n2: shard-0} | {n3, n4: shard-1, shard-2}; the coordinator is cut off")
+    await watch(stage, run, window_s)
+    during = dict(run.states)
+    await read_values(stage, run)
+    values_during = dict(run.values)
+    await stage.cluster.heal()
+    stage.log("healed every link; watching again")
+    await watch(stage, run, window_s)
     result = await finish(stage, run)
     result["during_partition"] = during
     result["values_during_partition"] = values_during

@@ -131,7 +131,8 @@ async def serve_node(
             nursery.start_soon(resolver.run)
             paxos_node = PaxosNode(node_id, acceptor, acceptors, peers, tracer, shards,
                                    txn.vote_timeout_s, nursery)
-            service = NodeService(config, node_id, groups, managers, resolver, hooks, faults, paxos_node, tracer)
+            service = NodeService(config, node_id, groups, managers, resolver, silence, hooks, faults, paxos_node,
+                                  tracer)
             await nursery.start(
                 partial(
                     serve_rpc, service.router(), node_id=node_id, host=node.host,

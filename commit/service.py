@@ -58,6 +58,7 @@ from commit.protocols.three_phase import PREABORTED, PRECOMMITTED, Round
 from commit.resolver import InDoubtResolver
 from commit.routing import key_bytes, shard_of
 from commit.shard import ShardState
+from commit.termination import SilenceWatch
 from commit.tracing import Tracer
 from commit.txids import ONE_PHASE, authority_of, check_txid
 from consensus.paxos import BALLOT_ZERO, Ballot, ballot_of
@@ -92,6 +93,7 @@ class NodeService:
         groups: dict[str, ReplicaGroup],
         managers: dict[str, TransactionManager],
         resolver: InDoubtResolver,
+        silence: SilenceWatch,
         hooks: FaultHooks,
         faults: LinkFaults,
         paxos: PaxosNode,
@@ -102,6 +104,7 @@ class NodeService:
         self.groups = groups
         self.managers = managers
         self.resolver = resolver
+        self.silence = silence
         self.hooks = hooks
         self.faults = faults
         self.paxos = paxos
@@ -509,8 +512,10 @@ class NodeService:
         transactions = {name: dict(m.outcomes) for name, m in self.managers.items()}
         transactions[ONE_PHASE] = dict(self.one_phase)
         transactions["resolved_in_doubt"] = dict(self.resolver.resolved)
-        in_doubt = [row for m in self.managers.values() for row in m.in_doubt(now)] + self.resolver.in_doubt(now)
-        counters = {"messages_sent": dict(self.tracer.messages), "forced_writes": dict(self.tracer.forced_writes)}
+        in_doubt = [row for m in self.managers.values() for row in m.in_doubt(now)]
+        in_doubt += self.resolver.in_doubt(now) + self.silence.in_doubt(now)
+        counters = {"messages_sent": dict(self.tracer.messages), "forced_writes": dict(self.tracer.forced_writes),
+                    "3pc_participant": self.silence.counts()}
         status: dict[str, Any] = {"node": self.node_id, "groups": rows, "transactions": transactions, "in_doubt": in_doubt,
                   "counters": counters}
         if self.faults.active():

@@ -20,6 +20,7 @@ failure detector, so a partitioned coordinator looks crashed.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import trio
 
@@ -56,6 +57,22 @@ class SilenceWatch:
                         await self._look_at(group, txid)
             for key in [k for k in self.last_change if k not in seen]:
                 del self.last_change[key]
+
+    def counts(self) -> dict[str, int]:
+        return {"aborted_alone": self.unilateral_aborts, "terminations": self.terminations}
+
+    def in_doubt(self, now: float) -> list[dict[str, Any]]:
+        """3PC transactions prepared at the shards this node leads, with how long their state stood still."""
+        return [
+            {
+                "txid": txid,
+                "protocol": authority_of(txid)[0],
+                "participants": shard,
+                "state": f"participant:{phase}" + (f" round {list(promised)}" if promised != (0, 0) else ""),
+                "age_s": round(now - since, 3),
+            }
+            for (shard, txid), (since, phase, promised) in self.last_change.items()
+        ]
 
     def _three_phase_prepared(self, group: ReplicaGroup) -> list[str]:
         machine = group.machine
