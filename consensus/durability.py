@@ -13,8 +13,10 @@
           then survives power loss on any minority of replicas, and on all of
           them at once. It costs one disk sync per append on every replica.
 
-Both modes also close two windows in which PySyncObj 0.3.17 loses committed
-entries when a node is killed during log compaction:
+Both modes also stop PySyncObj 0.3.17's followers from deleting entries they
+already acknowledged (``CompactionSafeJournal``: truncate only at a
+conflicting entry, as Raft says), and close two windows in which it loses
+committed entries when a node is killed during log compaction:
 
 * after compaction's forked child has renamed the new snapshot into place,
   and before the journal is truncated to start at the snapshot point,
@@ -89,15 +91,47 @@ def _write_journal(path: str, entries: list[Any], synced: bool) -> int:
 
 
 class CompactionSafeJournal(ps_journal.FileJournal):
-    """A FileJournal whose truncation at compaction is atomic (a new file renamed over the old)."""
+    """A FileJournal that truncates only at a conflict, and whose compaction truncation is atomic.
+
+    Conflicts: a PySyncObj follower that gets entries after ``prevLogIdx`` it already holds deletes its
+    whole log from there and appends what the message carries. The leader re-sends overlapping entries
+    all the time (it moves a follower's next index back on every older acknowledgement), so followers
+    keep deleting entries they already acknowledged, some of them committed; a re-send that carries
+    fewer entries, or a kill -9 between the delete and the re-append, loses them on a majority. Raft
+    (Figure 2, AppendEntries steps 3 and 4) deletes only from the first entry whose term differs. So
+    ``deleteEntriesFrom`` only remembers where the next appends go, and each ``add`` there either
+    matches the entry in place (same index and term: the same entry, by Log Matching) and changes
+    nothing, or conflicts and truncates there first.
+    """
 
     synced = False
 
     def __init__(self, journal_file: str) -> None:
         super().__init__(journal_file)
         self._path = journal_file
+        self._overwrite_at: int | None = None
+
+    def deleteEntriesFrom(self, entryFrom: int) -> None:  # noqa: N802,N803 (PySyncObj's names)
+        self._overwrite_at = entryFrom if entryFrom < len(self) else None
+
+    def clear(self) -> None:
+        self._overwrite_at = None
+        super().clear()
+
+    def add(self, command: bytes, idx: int, term: int) -> None:
+        at = self._overwrite_at
+        if at is not None:
+            entries = self._FileJournal__journal  # type: ignore[has-type]
+            if at < len(entries) and entries[at][1] == idx:
+                if entries[at][2] == term:
+                    self._overwrite_at = at + 1
+                    return
+                super().deleteEntriesFrom(at)
+            self._overwrite_at = None
+        super().add(command, idx, term)
 
     def deleteEntriesTo(self, entryTo: int) -> None:  # noqa: N802,N803 (PySyncObj's names)
+        self._overwrite_at = None
         keep = self._FileJournal__journal[entryTo:]  # type: ignore[has-type]
         self._FileJournal__journalFile._destroy()  # type: ignore[has-type]
         end = _write_journal(self._path, keep, self.synced)
@@ -121,10 +155,6 @@ class SyncedFileJournal(CompactionSafeJournal):
 
     def clear(self) -> None:
         super().clear()
-        self.flush()
-
-    def deleteEntriesFrom(self, entryFrom: int) -> None:  # noqa: N802,N803
-        super().deleteEntriesFrom(entryFrom)
         self.flush()
 
 

@@ -74,3 +74,42 @@ def test_truncation_at_compaction_is_atomic_and_the_journal_stays_usable(tmp_pat
     journal._destroy()
     assert read_journal(path) == [entry(i) for i in range(5, 12)]
     assert not (tmp_path / "g.journal.rewrite").exists()
+
+
+def entries_of(journal: ps_journal.FileJournal) -> list[tuple[bytes, int, int]]:
+    return [journal[i] for i in range(len(journal))]
+
+
+@pytest.mark.parametrize("cls", [CompactionSafeJournal, SyncedFileJournal])
+def test_a_resent_overlap_keeps_the_entries_a_follower_already_acknowledged(tmp_path: Path, cls: type) -> None:
+    """PySyncObj's follower deletes from prevLogIdx + 1 and re-appends what the message carries; a message
+    carrying only some of the entries it holds must not shorten its log, in memory or on disk."""
+    path = tmp_path / "g.journal"
+    journal = cls(str(path))
+    for i in range(1, 11):
+        journal.add(*entry(i))
+    journal.deleteEntriesFrom(4)  # a re-send after entry 4 that carries only 5 and 6
+    journal.add(*entry(5))
+    journal.add(*entry(6))
+    assert entries_of(journal) == [entry(i) for i in range(1, 11)]
+    journal.deleteEntriesFrom(10)  # then the next entry, after the whole log
+    journal.add(*entry(11))
+    journal.deleteEntriesFrom(6)  # and a heartbeat from an old next index: carries nothing
+    journal.add(*entry(12))  # a later append goes to the end, not to the remembered place
+    journal._destroy()
+    assert read_journal(path) == [entry(i) for i in range(1, 13)]
+
+
+@pytest.mark.parametrize("cls", [CompactionSafeJournal, SyncedFileJournal])
+def test_a_conflicting_entry_still_truncates_from_there(tmp_path: Path, cls: type) -> None:
+    path = tmp_path / "g.journal"
+    journal = cls(str(path))
+    for i in range(1, 11):
+        journal.add(*entry(i))
+    newer = (b"\x00other", 7, 2)  # index 7 from a later term: 7..10 were never committed
+    journal.deleteEntriesFrom(5)
+    journal.add(*entry(6))
+    journal.add(*newer)
+    assert entries_of(journal) == [entry(i) for i in range(1, 7)] + [newer]
+    journal._destroy()
+    assert read_journal(path) == [entry(i) for i in range(1, 7)] + [newer]
