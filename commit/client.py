@@ -176,10 +176,17 @@ class Database:
         """An idempotent request to ``group``'s leader, retried through redirects and failures."""
         return await self._request(group, method, params, write=False)
 
-    async def call_node(self, node_id: str, method: str, params: dict[str, Any]) -> dict[str, Any]:
-        """An idempotent request to one node, retried until the deadline while it is unreachable."""
+    async def call_node(self, node_id: str, method: str, params: dict[str, Any], *,
+                        resend_maybe_applied: bool = True) -> dict[str, Any]:
+        """A request to one node, retried until the deadline while it is unreachable.
+
+        ``resend_maybe_applied=False`` is for a request that is not idempotent across a restart of the
+        node: once an attempt may have reached it, the call raises ``Timeout(maybe_applied=True)``
+        instead of sending it again (a 3PC commit: a restarted coordinator would start a second
+        coordination of the same transaction, which can split it).
+        """
         self._stats.requests += 1
-        return await self._attempts(None, method, params, 0, pinned=node_id)
+        return await self._attempts(None, method, params, 0, pinned=node_id, resend=resend_maybe_applied)
 
     async def _request(
         self, group: str, method: str, params: dict[str, Any], *, write: bool
@@ -197,7 +204,8 @@ class Database:
             self._outstanding[group].discard(seq)
 
     async def _attempts(
-        self, group: str | None, method: str, params: dict[str, Any], seq: int, pinned: str | None = None
+        self, group: str | None, method: str, params: dict[str, Any], seq: int, pinned: str | None = None,
+        resend: bool = True,
     ) -> dict[str, Any]:
         timeouts = self.config.timeouts
         deadline = trio.current_time() + timeouts.client_deadline_s
@@ -245,6 +253,9 @@ class Database:
                 last_error = Timeout(f"no answer from {node} within the attempt timeout")
                 maybe_applied = True
                 node = self._fallback(group, node, pinned)
+            if maybe_applied and not resend:
+                raise Timeout(f"{method} on {target} may have been applied; not sent again: {last_error}",
+                              maybe_applied=True)
             self._stats.retries += 1
             await self._backoff(failures)
             failures += 1

@@ -60,7 +60,8 @@ class Timeouts:
 
 
 PROTOCOLS = ("2pc", "raft-2pc", "paxos-commit", "fast-paxos-commit", "3pc", "3pc-quorum")
-COORDINATED_BY_NODE = ("2pc", "3pc", "3pc-quorum")  # by the one node ``transactions.twopc_coordinator``
+COORDINATED_BY_NODE = ("2pc", "3pc", "3pc-quorum")
+THREE_PHASE = ("3pc", "3pc-quorum")  # by the one node ``transactions.twopc_coordinator``
 
 
 @dataclass(frozen=True)

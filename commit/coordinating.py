@@ -36,6 +36,7 @@ from typing import Any, Protocol
 
 import trio
 
+from commit.config import THREE_PHASE
 from commit.coordinator import ABORTED, COMMITTED, PENDING, CoordinatorState
 from commit.peers import Peers
 from commit.protocols import paxos_commit as pc
@@ -149,7 +150,6 @@ class _Reply:
 
 Core = tp.TwoPhaseCoordinator | pc.PaxosCommitLeader | three.ThreePhaseCoordinator | three.Terminator
 PAXOS = ("paxos-commit", "fast-paxos-commit")
-THREE_PHASE = ("3pc", "3pc-quorum")
 MAX_REMEMBERED = 100_000
 
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import trio
 
-from commit.coordinating import THREE_PHASE
+from commit.config import THREE_PHASE
 from commit.coordinator import ABORTED, COMMITTED
 from commit.peers import Peers
 from commit.shard import ShardState

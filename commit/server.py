@@ -20,10 +20,9 @@ from functools import partial
 import trio
 
 from commit.client import connect
-from commit.config import COORDINATOR_GROUP, ClusterConfig
+from commit.config import COORDINATOR_GROUP, THREE_PHASE, ClusterConfig
 from commit.coordinating import (
     PAXOS,
-    THREE_PHASE,
     FaultHooks,
     LocalLogStore,
     PaxosSetup,

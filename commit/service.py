@@ -46,8 +46,8 @@ from typing import Any
 
 import trio
 
-from commit.config import COORDINATED_BY_NODE, COORDINATOR_GROUP, ClusterConfig, shard_group
-from commit.coordinating import PAXOS, THREE_PHASE, FaultHooks, TransactionManager
+from commit.config import COORDINATED_BY_NODE, COORDINATOR_GROUP, THREE_PHASE, ClusterConfig, shard_group
+from commit.coordinating import PAXOS, FaultHooks, TransactionManager
 from commit.coordinator import ABORTED, COMMITTED, CoordinatorState
 from commit.errors import CommitUnknown, Conflict
 from commit.faults import OPS, LinkFaults

@@ -24,7 +24,8 @@ from typing import Any
 
 import trio
 
-from commit.coordinating import THREE_PHASE, TransactionManager
+from commit.config import THREE_PHASE
+from commit.coordinating import TransactionManager
 from commit.protocols import three_phase as three
 from commit.shard import ShardState
 from commit.txids import authority_of

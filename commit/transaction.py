@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
 import trio
 
-from commit.config import COORDINATED_BY_NODE, COORDINATOR_GROUP, PROTOCOLS, shard_group
+from commit.config import COORDINATED_BY_NODE, COORDINATOR_GROUP, PROTOCOLS, THREE_PHASE, shard_group
 from commit.coordinator import ABORTED, COMMITTED
 from commit.errors import CommitUnknown, Conflict
 from commit.routing import Key, key_bytes, shard_of
@@ -132,7 +132,8 @@ class Transaction:
                 self.txid = new_txid(self.protocol)
                 params = {"txid": self.txid, "participants": participants}
                 if self.protocol in COORDINATED_BY_NODE:
-                    call = self.db.call_node(self.db.config.twopc_coordinator, "txn.commit", params)
+                    call = self.db.call_node(self.db.config.twopc_coordinator, "txn.commit", params,
+                                             resend_maybe_applied=self.protocol not in THREE_PHASE)
                 else:
                     call = self.db.call_group(COORDINATOR_GROUP, "txn.commit", params)
                 await self._settle(call)

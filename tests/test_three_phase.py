@@ -482,3 +482,51 @@ async def test_coordinator_killed_after_one_precommit_terminates_consistently(
             assert await db.status(tx.txid, participants=tx.participants) == outcome
     finally:
         await restart_coordinator(cluster)
+
+
+@pytest.mark.parametrize("protocol", THREE)
+async def test_a_commit_is_not_sent_again_to_a_restarted_coordinator(three_cluster: LocalCluster,
+                                                                      protocol: str) -> None:
+    """A restarted 3PC coordinator remembers nothing; a resent txn.commit would start a second coordination
+    of the same transaction (which can split it, see tests/test_sim_three_phase.py). The client must not
+    resend once the first may have arrived: it reports CommitUnknown, and the participants decide alone."""
+    cluster = three_cluster
+    await cluster.wait_unlocked(within_s=10)
+    src, dst = [shard_keys[0] for shard_keys in keys_by_shard(1, f"resend-{protocol}-").values()][:2]
+    raised: list[BaseException] = []
+    try:
+        async with commit.connect(cluster.config) as db:
+            await db.put(src, 100)
+            await db.put(dst, 0)
+            await cluster.hold(COORDINATOR, "coordinator.after_votes")
+            tx = commit.Transaction(db, protocol)
+            tx.put(src, 70)
+            tx.put(dst, 30)
+
+            async def committing() -> None:
+                try:
+                    await tx.commit()
+                except ClusterError as exc:
+                    raised.append(exc)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(committing)
+                await cluster.wait_until(lambda: _true_when(tx.txid is not None), 10, "the commit to start")
+                assert tx.txid is not None
+                await wait_for_hold(cluster, tx.txid, "coordinator.after_votes")
+                cluster.kill(COORDINATOR)
+                cluster.start(COORDINATOR)  # back at once, well within the client's deadline
+            assert len(raised) == 1 and isinstance(raised[0], commit.CommitUnknown), raised
+            await restart_coordinator(cluster)
+            trace = await cluster.call(COORDINATOR, "node.trace", {"txid": tx.txid})
+            assert trace["events"] == [], trace  # the restarted coordinator never heard of it
+            await cluster.wait_unlocked(within_s=10)
+            shards = list(tx.participants)
+            assert await shard_states(cluster, tx.txid, shards) == {s: "aborted" for s in shards}
+            assert await db.status(tx.txid, participants=tx.participants) == "aborted"
+    finally:
+        await restart_coordinator(cluster)
+
+
+async def _true_when(condition: bool) -> bool:
+    return condition

@@ -101,6 +101,8 @@ class SimWorld(ABC):
     heal_steps = 3000
     checker: Any  # the subclass's checker, fed every history entry
     chaos: Weights  # the subclass's fault rates, drawn from the seed
+    txn_keys: tuple[bytes, ...] = KEYS  # what transactions read and write
+    span_all = False  # every transaction has every shard as participant (no draw for them)
 
     def __init__(
         self,
@@ -162,13 +164,16 @@ class SimWorld(ABC):
         made = []
         for i in range(n):
             txid = f"t{i}"
-            parts = tuple(sorted(rng.sample(names, rng.randint(2, len(names)))))
+            if self.span_all:
+                parts = tuple(names)
+            else:
+                parts = tuple(sorted(rng.sample(names, rng.randint(2, len(names)))))
             reads: dict[str, Reads] = {}
             writes: dict[str, Writes] = {}
             for shard in parts:
                 r: list[tuple[bytes, int]] = []
                 w: list[tuple[bytes, bytes | None]] = []
-                for key in sorted(rng.sample(KEYS, rng.randint(1, 2))):
+                for key in sorted(rng.sample(self.txn_keys, rng.randint(1, 2))):
                     mode = rng.choice(("read", "write", "both"))
                     if mode != "write":
                         r.append((key, self.shards[shard].read(key).version))

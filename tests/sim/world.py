@@ -119,21 +119,13 @@ class Checker:
                 else:
                     self._shard_decided(shard, txid, state)
             case Decided(source=source, txid=txid, outcome=outcome):
-                self._coordinator_said(f"the {source}", txid, outcome)
                 if source == "store":
                     self._durable.setdefault(txid, outcome)
-                if outcome == COMMITTED:
-                    self._check_all_prepared(txid, f"the {source} says committed")
-                for shard, got in self._shard_outcome[txid].items():
-                    if got != outcome:
-                        self._report("agreement", txid, f"{shard} {got}, the {source} says {outcome}")
-                self._check_replies(txid)
+                self._decision(f"the {source}", txid, outcome)
             case Replied(txid=txid, outcome=outcome):
                 if txid not in self._durable:
                     self._report("reply", txid, f"client told {outcome} before any durable decision")
-                self._replies[txid].add(outcome)
-                self._coordinator_said("a reply", txid, outcome)
-                self._check_replies(txid)
+                self._reply(txid, outcome)
             case ShardRefused(shard=shard, txid=txid, command=command, error=error):
                 self._report("atomicity", txid, f"{shard} refused {command}: {error}")
             case _:
@@ -153,6 +145,21 @@ class Checker:
         for said, sayer in self._said[txid].items():
             if said != outcome:
                 self._report("agreement", txid, f"{shard} {outcome}, {sayer} said {said}")
+        self._check_replies(txid)
+
+    def _decision(self, sayer: str, txid: str, outcome: str) -> None:
+        """A coordinator-side decision: stable, valid, and in agreement with the shards and the replies."""
+        self._coordinator_said(sayer, txid, outcome)
+        if outcome == COMMITTED:
+            self._check_all_prepared(txid, f"{sayer} says committed")
+        for shard, got in self._shard_outcome[txid].items():
+            if got != outcome:
+                self._report("agreement", txid, f"{shard} {got}, {sayer} says {outcome}")
+        self._check_replies(txid)
+
+    def _reply(self, txid: str, outcome: str) -> None:
+        self._replies[txid].add(outcome)
+        self._coordinator_said("a reply", txid, outcome)
         self._check_replies(txid)
 
     def _coordinator_said(self, sayer: str, txid: str, outcome: str) -> None:
@@ -184,12 +191,13 @@ class Checker:
 
 
 def check(
-    history: Iterable[HistoryEntry],
+    history: Iterable[object],
     participants: Mapping[str, tuple[str, ...]],
     shards: Mapping[str, ShardState] | None = None,
+    checker_class: type[Checker] = Checker,
 ) -> list[Violation]:
     """Every violation in a whole history (and, if given, in the shards' current states)."""
-    checker = Checker(participants)
+    checker = checker_class(participants)
     for entry in history:
         checker.feed(entry)
     if shards is not None:
