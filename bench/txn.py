@@ -14,8 +14,8 @@ transaction of that shape, read back from the nodes' traces.
 Part 2, blocked time: for each protocol, a transfer is held at the
 coordinator between the votes and the decision (a test hook), the
 coordinator is killed -9, and we measure how long the participants keep the
-transfer's locks. ``raft-2pc`` must finish without the dead node; ``2pc``
-cannot, so its coordinator is restarted after ``--outage`` seconds and the
+transfer's locks. ``raft-2pc``, ``paxos-commit`` and both 3PC variants must
+finish without the dead node; ``2pc`` cannot, so its coordinator is restarted after ``--outage`` seconds and the
 figure includes that outage. Results also go to bench/results/txn.json.
 """
 
@@ -32,7 +32,7 @@ import commit
 from bench.harness import run_phase
 from bench.report import open_cluster, progress, write_report
 from commit.admin import transaction_trace
-from commit.config import PROTOCOLS
+from commit.config import COORDINATED_BY_NODE, PROTOCOLS
 from commit.localcluster import LocalCluster
 from commit.routing import keys_on_each_shard
 from commit.tables import format_table
@@ -60,7 +60,8 @@ async def _probe_costs(config: Any, protocol: str, shards: int) -> dict[str, int
 async def _blocked_time(cluster: LocalCluster, protocol: str, outage_s: float, round_: int) -> dict[str, Any]:
     src, dst = [keys[0] for keys in keys_on_each_shard(f"crash-{protocol}-{round_}-", 1, cluster.shards)[:2]]
     async with commit.connect(cluster.config) as db, trio.open_nursery() as nursery:
-        victim = cluster.config.twopc_coordinator if protocol == "2pc" else (await cluster.leaders())["coord"]
+        leaders = await cluster.leaders()
+        victim = cluster.config.twopc_coordinator if protocol in COORDINATED_BY_NODE else leaders["coord"]
         tx = await cluster.start_held_transfer(db, protocol, "coordinator.after_votes", src, dst, nursery)
         cluster.kill(victim)
         killed = time.monotonic()
@@ -72,7 +73,7 @@ async def _blocked_time(cluster: LocalCluster, protocol: str, outage_s: float, r
             cluster.start(victim)
             await cluster.wait_unlocked(within_s=60)
         blocked = time.monotonic() - killed
-        outcome = await db.status(tx.txid)
+        outcome = await db.status(tx.txid, tx.participants)
         if not needed_restart:
             cluster.start(victim)
         await cluster.wait_ready()
@@ -103,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
                     phase = run_phase(config, "txn.transfer", params, clients, args.procs, args.seconds)
                     costs = trio.run(_probe_costs, config, protocol, shards)
                     rows.append({"protocol": protocol, "shards": shards, **phase, **costs})
-        for round_, protocol in enumerate(("raft-2pc", "paxos-commit", "2pc")):
+        for round_, protocol in enumerate(("raft-2pc", "paxos-commit", "3pc", "3pc-quorum", "2pc")):
             progress(f"{protocol}: kill -9 the coordinator between votes and decision ...")
             crashes.append(trio.run(_blocked_time, cluster, protocol, args.outage, round_))
     report = {"bench": "txn", "rows": rows, "coordinator_kill": crashes}

@@ -127,9 +127,10 @@ class Database:
 
         For 2PC an unknown txid is aborted (presumed abort). A Paxos Commit outcome lives with the
         acceptors, one instance per participant, and a 3PC outcome with the participants themselves (the
-        3PC coordinator keeps no record): pass the participants (``CommitUnknown.participants``) so an
-        authority that never saw txid, or forgot it in a crash, can find the outcome; without them such a
-        txid stays ``pending``.
+        3PC coordinator keeps no record, and with the participants given the client asks them directly,
+        dead coordinator or not): pass the participants (``CommitUnknown.participants``) so an authority
+        that never saw txid, or forgot it in a crash, can find the outcome; without them such a txid
+        stays ``pending``.
         """
         return await Peers(self).status(check_txid(txid), tuple(participants))
 

@@ -37,7 +37,7 @@ from typing import Any, Protocol
 import trio
 
 from commit.config import THREE_PHASE
-from commit.coordinator import ABORTED, COMMITTED, PENDING, CoordinatorState
+from commit.coordinator import ABORTED, PENDING, CoordinatorState
 from commit.peers import Peers
 from commit.protocols import paxos_commit as pc
 from commit.protocols import three_phase as three
@@ -249,25 +249,11 @@ class TransactionManager:
         if known is not None or not participants:
             return known or PENDING  # without the participants there is no instance to recover
         if self.protocol in THREE_PHASE:
-            return await self._participants_know(txid, participants)
+            return await self.peers.participants_know(txid, participants, self.vote_timeout_s)
         active = self._launch(txid, participants, None, pc.Recover(now=trio.current_time()))
         with trio.move_on_after(self.persist_timeout_s):
             await active.reply.done.wait()
         return active.reply.outcome or PENDING
-
-    async def _participants_know(self, txid: str, participants: tuple[str, ...]) -> str:
-        """3PC keeps no coordinator record: a decided participant is the answer (a silent one fences)."""
-        states = set()
-        for shard in participants:
-            with trio.move_on_after(self.vote_timeout_s):
-                try:
-                    states.add((await self.peers.query(shard, txid)))
-                except ClusterError as exc:
-                    log.info("%s: %s did not say its state: %s", txid, shard, exc)
-        for outcome in (COMMITTED, ABORTED):
-            if outcome in states:
-                return outcome
-        return PENDING
 
     def terminate(self, txid: str, participants: tuple[str, ...], round_: three.Round, quorum: bool) -> bool:
         """Run Skeen's termination protocol for txid at ``round_``, unless a terminator already runs here."""

@@ -9,12 +9,18 @@ sent through here is recorded in the node's ``Tracer``.
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-from commit.config import COORDINATED_BY_NODE, COORDINATOR_GROUP
+import trio
+
+from commit.config import COORDINATED_BY_NODE, COORDINATOR_GROUP, THREE_PHASE
 from commit.tracing import Tracer
 from commit.txids import ONE_PHASE, authority_of
+from consensus.errors import ClusterError
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from commit.client import Database
@@ -61,11 +67,32 @@ class Peers:
         kind = "commit" if outcome == "committed" else "abort"
         await self.call_group_traced(shard, "shard.decide", params, kind, hop)
 
+    async def participants_know(self, txid: str, participants: tuple[str, ...], timeout_s: float) -> str:
+        """3PC keeps no coordinator record: a decided participant is the answer (asking fences a shard
+        that never prepared txid, as a NO vote would). ``pending`` while none has decided."""
+        states = set()
+        for shard in participants:
+            with trio.move_on_after(timeout_s):
+                try:
+                    states.add(await self.query(shard, txid))
+                except ClusterError as exc:
+                    log.info("%s: %s did not say its state: %s", txid, shard, exc)
+        for outcome in ("committed", "aborted"):
+            if outcome in states:
+                return outcome
+        return "pending"
+
     async def status(self, txid: str, participants: tuple[str, ...] = ()) -> str:
-        """The outcome as the authority for txid knows it: committed, aborted or pending."""
+        """The outcome as the authority for txid knows it: committed, aborted or pending.
+
+        For 3PC the authority is the participants themselves: with the participant list this asks them,
+        so the answer does not need the coordinator (which may be dead: that is 3PC's point).
+        """
         protocol, shard = authority_of(txid)
         if protocol == ONE_PHASE and shard is not None:
             return await self.query(shard, txid)
+        if protocol in THREE_PHASE and participants:
+            return await self.participants_know(txid, participants, self.db.config.timeouts.request_s)
         params: dict[str, Any] = {"txid": txid}
         if participants:
             params["participants"] = list(participants)
