@@ -53,6 +53,8 @@ PLACEMENT = {"shard-0": "n2", "shard-1": "n3", "shard-2": "n4", "coord": "n4"}
 START_BALANCE = 100
 AMOUNT = 30
 POLL_S = 0.1
+ASK_TIMEOUT_S = 3.0  # one shard.inspect or read; a partition makes some of them wait
+STEP_TIMEOUT_S = 10.0  # a step of a scenario (the commit starting, the participants reaching a state)
 OPTIONS: dict[str, Any] = {
     "coordinator_members": REPLICAS,
     "shard_members": REPLICAS,
@@ -116,7 +118,6 @@ class Run:
     timeline: list[tuple[float, dict[str, str]]] = field(default_factory=list)
     states: dict[str, str] = field(default_factory=dict)
     values: dict[str, int | None] = field(default_factory=dict)
-    trace: list[dict[str, Any]] = field(default_factory=list)
 
     def since_fault(self) -> float:
         return time.monotonic() - self.fault_at
@@ -156,7 +157,7 @@ class Run:
 async def _inspect(stage: Stage, txid: str, shard: str) -> str:
     """The shard's state for txid, with the 3PC phase when prepared ("prepared/precommitted")."""
     try:
-        with trio.fail_after(3):
+        with trio.fail_after(ASK_TIMEOUT_S):
             reply = await stage.db.call_group(shard, "shard.inspect", {"txid": txid, "shard": shard})
     except (ClusterError, trio.TooSlowError):
         return "unreachable"
@@ -191,7 +192,7 @@ async def read_values(stage: Stage, run: Run) -> None:
     """The accounts as a reader sees them now; None where a reader is refused (an in-doubt lock)."""
     for shard, key in run.keys.items():
         try:
-            with trio.fail_after(2):
+            with trio.fail_after(ASK_TIMEOUT_S):
                 run.values[shard] = (await stage.db.get(key)).value
         except (ClusterError, trio.TooSlowError):
             run.values[shard] = None
@@ -221,14 +222,14 @@ async def start_held_transfer(stage: Stage, protocol: str, point: str, shards: l
             pass  # the coordinator is meant to die or vanish under it; the shards tell what happened
 
     nursery.start_soon(commit_and_ignore)
-    with trio.fail_after(10):
+    with trio.fail_after(STEP_TIMEOUT_S):
         while tx.txid is None:
             await trio.sleep(0.01)
     return Run(protocol, point, tx.txid, keys)
 
 
 async def wait_for_states(stage: Stage, run: Run, wanted: Callable[[dict[str, str]], bool], what: str) -> None:
-    with trio.fail_after(10):
+    with trio.fail_after(STEP_TIMEOUT_S):
         while not wanted(await shard_states(stage, run)):
             await trio.sleep(POLL_S / 2)
     stage.log(f"{what}: " + ", ".join(f"{s} {v}" for s, v in sorted((await shard_states(stage, run)).items())))
@@ -240,8 +241,7 @@ def _all_prepared(states: dict[str, str]) -> bool:
 
 async def finish(stage: Stage, run: Run) -> dict[str, Any]:
     await read_values(stage, run)
-    run.trace = await transaction_trace(stage.cluster.config, run.txid)
-    return {**run.verdict(), "events": run.trace}
+    return {**run.verdict(), "events": await transaction_trace(stage.cluster.config, run.txid)}
 
 
 # -- the faults ---------------------------------------------------------------------------------

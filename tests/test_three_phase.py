@@ -382,64 +382,39 @@ async def wait_unlocked_since(cluster: LocalCluster, since: float, within_s: flo
     return trio.current_time() - since
 
 
+@pytest.mark.parametrize(("point", "phase", "outcome"), [
+    ("coordinator.after_votes", "waiting", "aborted"),  # before any PreCommit: nobody can have committed
+    ("coordinator.after_decision", "precommitted", "committed"),  # every PreCommit acknowledged
+])
 @pytest.mark.parametrize("protocol", THREE)
-async def test_coordinator_killed_before_any_precommit_aborts_without_it(
-    three_cluster: LocalCluster, protocol: str
+async def test_participants_finish_without_a_killed_coordinator(
+    three_cluster: LocalCluster, protocol: str, point: str, phase: str, outcome: str
 ) -> None:
     cluster = three_cluster
     try:
         async with commit.connect(cluster.config) as db:
-            tx, keys, killed, at_hold = await kill_coordinator_at(cluster, db, protocol, "coordinator.after_votes",
-                                                                  "votes")
+            tx, keys, killed, at_hold = await kill_coordinator_at(cluster, db, protocol, point, point)
             assert tx.txid is not None
             shards = list(tx.participants)
-            assert at_hold == {s: ("prepared", "waiting", [0, 0]) for s in shards}, at_hold
+            assert at_hold == {s: ("prepared", phase, [0, 0]) for s in shards}, at_hold
             try:
                 elapsed = await wait_unlocked_since(cluster, killed, within_s=10)
             finally:
                 print("\n".join(log_lines(cluster, tx.txid)))
-            print(f"{protocol}: coordinator killed after the votes; locks gone {elapsed:.2f}s after the kill")
-            assert await shard_states(cluster, tx.txid, shards) == {s: "aborted" for s in shards}
-            assert [(await db.get(k)).value for k in keys] == expected_values("aborted", 2)
+            print(f"{protocol}: coordinator killed at {point}; locks gone {elapsed:.2f}s after the kill")
+            assert await shard_states(cluster, tx.txid, shards) == {s: outcome for s in shards}
+            assert [(await db.get(k)).value for k in keys] == expected_values(outcome, 2)
             assert elapsed < 5, elapsed
             lines = log_lines(cluster, tx.txid)
-            if protocol == "3pc":  # still waiting, never joined a termination: each aborts alone
+            if protocol == "3pc" and phase == "waiting":  # never joined a termination: each aborts alone
                 assert sum("aborted on its own" in line for line in lines) == 2, lines
-            else:  # the quorum variant never aborts alone: a terminator moves them to preaborted
+            else:  # a terminator (the quorum variant never aborts alone)
                 assert any("terminating at round" in line for line in lines), lines
             await restart_coordinator(cluster)
             by_participants = await db.status(tx.txid, participants=tx.participants)
             bare = await db.status(tx.txid)
-            print(f"{protocol}: status from the restarted coordinator: {by_participants!r} with the "
-                  f"participants, {bare!r} without")
-            assert by_participants == "aborted"
-    finally:
-        await restart_coordinator(cluster)
-
-
-@pytest.mark.parametrize("protocol", THREE)
-async def test_coordinator_killed_after_everyone_precommitted_commits_without_it(
-    three_cluster: LocalCluster, protocol: str
-) -> None:
-    cluster = three_cluster
-    try:
-        async with commit.connect(cluster.config) as db:
-            tx, keys, killed, at_hold = await kill_coordinator_at(cluster, db, protocol,
-                                                                  "coordinator.after_decision", "decided")
-            assert tx.txid is not None
-            shards = list(tx.participants)
-            assert at_hold == {s: ("prepared", "precommitted", [0, 0]) for s in shards}, at_hold
-            try:
-                elapsed = await wait_unlocked_since(cluster, killed, within_s=10)
-            finally:
-                print("\n".join(log_lines(cluster, tx.txid)))
-            print(f"{protocol}: coordinator killed after all PreCommits; locks gone {elapsed:.2f}s after the kill")
-            assert await shard_states(cluster, tx.txid, shards) == {s: "committed" for s in shards}
-            assert [(await db.get(k)).value for k in keys] == expected_values("committed", 2)
-            assert elapsed < 5, elapsed
-            assert any("terminating at round" in line for line in log_lines(cluster, tx.txid))
-            await restart_coordinator(cluster)
-            assert await db.status(tx.txid, participants=tx.participants) == "committed"
+            print(f"{protocol}: status {by_participants!r} with the participants, {bare!r} without")
+            assert by_participants == outcome
     finally:
         await restart_coordinator(cluster)
 
