@@ -60,8 +60,9 @@ class Timeouts:
 
 
 PROTOCOLS = ("2pc", "raft-2pc", "paxos-commit", "fast-paxos-commit", "3pc", "3pc-quorum")
-COORDINATED_BY_NODE = ("2pc", "3pc", "3pc-quorum")
-THREE_PHASE = ("3pc", "3pc-quorum")  # by the one node ``transactions.twopc_coordinator``
+COORDINATED_BY_NODE = ("2pc", "3pc", "3pc-quorum")  # by the one node ``transactions.twopc_coordinator``
+COORDINATED_BY_GROUP = ("raft-2pc", "paxos-commit", "fast-paxos-commit")  # by the coordinator group's leader
+THREE_PHASE = ("3pc", "3pc-quorum")
 
 
 @dataclass(frozen=True)

@@ -25,8 +25,6 @@ log = logging.getLogger(__name__)
 if TYPE_CHECKING:
     from commit.client import Database
 
-COORDINATED_BY_GROUP = ("raft-2pc", "paxos-commit", "fast-paxos-commit")
-
 
 class Peers:
     def __init__(self, db: Database, tracer: Tracer | None = None) -> None:

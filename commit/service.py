@@ -46,13 +46,19 @@ from typing import Any
 
 import trio
 
-from commit.config import COORDINATED_BY_NODE, COORDINATOR_GROUP, THREE_PHASE, ClusterConfig, shard_group
+from commit.config import (
+    COORDINATED_BY_GROUP,
+    COORDINATED_BY_NODE,
+    COORDINATOR_GROUP,
+    THREE_PHASE,
+    ClusterConfig,
+    shard_group,
+)
 from commit.coordinating import PAXOS, FaultHooks, TransactionManager
 from commit.coordinator import ABORTED, COMMITTED, CoordinatorState
 from commit.errors import CommitUnknown, Conflict
 from commit.faults import OPS, LinkFaults
 from commit.paxos_node import PaxosNode
-from commit.peers import COORDINATED_BY_GROUP
 from commit.protocols.paxos_commit import PREPARED, Phase2b
 from commit.protocols.three_phase import PREABORTED, PRECOMMITTED, Round
 from commit.resolver import InDoubtResolver

@@ -83,7 +83,6 @@ COMMIT = "committed"
 ABORT = "aborted"
 PENDING = "pending"
 DECIDED = (COMMIT, ABORT)
-STATES = (WAITING, PRECOMMITTED, PREABORTED, COMMIT, ABORT)
 
 Round = tuple[int, int]
 COORDINATOR_ROUND: Round = (0, 0)
