@@ -8,18 +8,24 @@ Each call is routed to the leader of the key's shard. The client keeps one
 pipelined connection per node, remembers which node leads each group,
 follows ``not_leader`` redirects, and rides through leader changes by
 retrying with backoff until ``timeouts.client_deadline_s``. A write carries
-``(client_id, seq)``, the same on every retry, so a retry after a timeout or a
+``(session, seq)``, the same on every retry, so a retry after a timeout or a
 lost connection is applied at most once. When the deadline passes, the error
 raised says whether the write may have been applied (``maybe_applied``).
+
+Sessions are opened explicitly, one per group, the first time the client
+writes there (``session.open``: the group hands out a number it never hands
+out again, as in the Raft thesis, section 6.3). A group that has forgotten a
+session (``raft.max_sessions``) refuses its commands with ``SessionExpired``;
+the client then opens a new session and carries on, and re-sends the command
+in hand under it only if no earlier attempt of it can have been applied.
 """
 
 from __future__ import annotations
 
-import os
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
@@ -33,12 +39,37 @@ from commit.peers import Peers
 from commit.transaction import Transaction, run as run_transaction
 from commit.txids import check_txid
 from commit.values import Versioned, pack_value, unpack_value
-from consensus.errors import ClusterError, InvalidRequest, NotLeader, Timeout, Unavailable
+from consensus.errors import ClusterError, InvalidRequest, NotLeader, SessionExpired, Timeout, Unavailable
 from consensus.rpc import RpcClient, run_rpc_client
 from consensus.tasks import open_helper_nursery
 
 
 R = TypeVar("R")
+
+# An attempt may use at most this share of the time its caller has left (trio.current_effective_deadline),
+# so that a node that says nothing (paused, partitioned) leaves time to try another member of the group:
+# otherwise a caller's deadline shorter than timeouts.client_attempt_s cancels every call at the same
+# silent node, and the leader cache never moves on.
+ATTEMPT_SHARE = 0.5
+
+
+@dataclass
+class _Session:
+    """This client's exactly-once session with one group: the number the group gave it, and its commands."""
+
+    id: int
+    next_seq: int = 1
+    outstanding: set[int] = field(default_factory=set)
+
+    def allocate(self) -> int:
+        """The next sequence number, outstanding until the caller discards it."""
+        seq = self.next_seq
+        self.next_seq += 1
+        self.outstanding.add(seq)
+        return seq
+
+    def low_water(self) -> int:
+        return min(self.outstanding)
 
 
 @dataclass
@@ -59,10 +90,9 @@ class Database:
         self._connect_locks: dict[str, trio.Lock] = {}
         self._leaders: dict[str, str] = {}
         self._members = {g.name: g.members for g in config.groups()}
-        self.client_id = os.urandom(16)
-        # Each group keeps its own session table, so sequence numbers are per group.
-        self._next_seq = {g.name: 1 for g in config.groups()}
-        self._outstanding: dict[str, set[int]] = {g.name: set() for g in config.groups()}
+        # Each group keeps its own session table, so sessions (and their sequence numbers) are per group.
+        self._sessions: dict[str, _Session] = {}
+        self._session_locks = {g.name: trio.Lock() for g in config.groups()}
         self._stats = ClientStatistics()
         # Node-side fault injection only (commit.faults): why a (node id, method) message is lost, or None.
         self.lose: Callable[[str, str], str | None] | None = None
@@ -123,14 +153,15 @@ class Database:
         return await run_transaction(self, fn, *args, protocol=protocol)
 
     async def status(self, txid: str, participants: tuple[str, ...] = ()) -> str:
-        """``committed``, ``aborted`` or ``pending``: asks the authority for txid.
+        """``committed``, ``aborted``, ``pending`` or ``unknown``: asks the authority for txid.
 
         For 2PC an unknown txid is aborted (presumed abort). A Paxos Commit outcome lives with the
         acceptors, one instance per participant, and a 3PC outcome with the participants themselves (the
         3PC coordinator keeps no record, and with the participants given the client asks them directly,
         dead coordinator or not): pass the participants (``CommitUnknown.participants``) so an authority
         that never saw txid, or forgot it in a crash, can find the outcome; without them such a txid
-        stays ``pending``.
+        stays ``pending``. The participants must be all of txid's, exactly (the txid binds them): any
+        other list is answered ``unknown`` and changes nothing.
         """
         return await Peers(self).status(check_txid(txid), tuple(participants))
 
@@ -187,27 +218,32 @@ class Database:
         coordination of the same transaction, which can split it).
         """
         self._stats.requests += 1
-        return await self._attempts(None, method, params, 0, pinned=node_id, resend=resend_maybe_applied)
+        return await self._attempts(None, method, params, pinned=node_id, resend=resend_maybe_applied)
 
     async def _request(
         self, group: str, method: str, params: dict[str, Any], *, write: bool
     ) -> dict[str, Any]:
         """A request routed to ``group``'s leader; a write carries a session and waits out locks."""
         self._stats.requests += 1
-        seq = 0
-        if write:
-            seq = self._next_seq[group]
-            self._next_seq[group] += 1
-            self._outstanding[group].add(seq)
-        try:
-            return await self._attempts(group, method, params, seq)
-        finally:
-            self._outstanding[group].discard(seq)
+        return await self._attempts(group, method, params, await self._session(group, None) if write else None)
+
+    async def _session(self, group: str, expired: _Session | None) -> _Session:
+        """This client's session with ``group``: opened on first use, and again once ``expired`` is gone."""
+        current = self._sessions.get(group)
+        if current is not None and current is not expired:
+            return current
+        async with self._session_locks[group]:
+            session = self._sessions.get(group)
+            if session is None or session is expired:
+                reply = await self._attempts(group, "session.open", {"group": group})
+                session = self._sessions[group] = _Session(reply["session"])
+            return session
 
     async def _attempts(
-        self, group: str | None, method: str, params: dict[str, Any], seq: int, pinned: str | None = None,
-        resend: bool = True,
+        self, group: str | None, method: str, params: dict[str, Any], session: _Session | None = None,
+        pinned: str | None = None, resend: bool = True,
     ) -> dict[str, Any]:
+        """Send until answered or ``timeouts.client_deadline_s``; a write under ``session`` gets its seq here."""
         timeouts = self.config.timeouts
         deadline = trio.current_time() + timeouts.client_deadline_s
         target = f"node {pinned}" if pinned is not None else group
@@ -215,51 +251,68 @@ class Database:
         maybe_applied = False
         last_error: ClusterError | None = None
         failures = 0
-        while True:
-            remaining = deadline - trio.current_time()
-            if remaining <= 0:
-                message = f"{method} on {target} gave up after {timeouts.client_deadline_s}s: {last_error}"
-                if maybe_applied:
-                    raise Timeout(message, maybe_applied=True)
-                raise Unavailable(message)
-            self._stats.attempts += 1
-            if seq and group is not None:
-                params["session"] = [self.client_id, seq, min(self._outstanding[group])]
-            try:
-                with trio.fail_after(min(timeouts.client_attempt_s, remaining)):
-                    lost = self.lose(node, method) if self.lose is not None else None
-                    if lost is not None:
-                        raise Unavailable(lost)  # as if node were unreachable: nothing was sent
-                    conn = await self._connection(node)
-                    reply = await conn.call(method, params)
-                if group is not None:
-                    self._leaders[group] = node
-                return reply
-            except NotLeader as exc:
-                self._stats.redirects += 1
-                last_error = exc
-                if pinned is None and exc.leader is not None and exc.leader != node:
-                    node = exc.leader
+        seq = session.allocate() if session is not None else 0
+        try:
+            while True:
+                now = trio.current_time()
+                remaining = deadline - now
+                if remaining <= 0:
+                    message = f"{method} on {target} gave up after {timeouts.client_deadline_s}s: {last_error}"
+                    if maybe_applied:
+                        raise Timeout(message, maybe_applied=True)
+                    raise Unavailable(message)
+                self._stats.attempts += 1
+                if session is not None:
+                    params["session"] = [session.id, seq, session.low_water()]
+                caller_left = max(0.0, trio.current_effective_deadline() - now)
+                try:
+                    with trio.fail_after(min(timeouts.client_attempt_s, remaining, caller_left * ATTEMPT_SHARE)):
+                        lost = self.lose(node, method) if self.lose is not None else None
+                        if lost is not None:
+                            raise Unavailable(lost)  # as if node were unreachable: nothing was sent
+                        conn = await self._connection(node)
+                        reply = await conn.call(method, params)
+                    if group is not None:
+                        self._leaders[group] = node
+                    return reply
+                except NotLeader as exc:
+                    self._stats.redirects += 1
+                    last_error = exc
+                    if pinned is None and exc.leader is not None and exc.leader != node:
+                        node = exc.leader
+                        continue
+                    node = self._fallback(group, node, pinned)
+                except Conflict as exc:
+                    if not (session is not None and exc.retryable):
+                        raise
+                    last_error = exc  # a single-key write waits out a prepared transaction's lock
+                except SessionExpired as exc:
+                    if session is None or group is None or maybe_applied:
+                        raise  # an earlier attempt may have been applied under the forgotten session
+                    # Refused before it was applied, and no earlier attempt can have been: send it again,
+                    # under a new session.
+                    last_error = exc
+                    session.outstanding.discard(seq)
+                    session = await self._session(group, session)
+                    seq = session.allocate()
                     continue
-                node = self._fallback(group, node, pinned)
-            except Conflict as exc:
-                if not (seq and exc.retryable):
-                    raise
-                last_error = exc  # a single-key write waits out a prepared transaction's lock
-            except (Unavailable, Timeout) as exc:
-                last_error = exc
-                maybe_applied |= exc.maybe_applied
-                node = self._fallback(group, node, pinned)
-            except trio.TooSlowError:
-                last_error = Timeout(f"no answer from {node} within the attempt timeout")
-                maybe_applied = True
-                node = self._fallback(group, node, pinned)
-            if maybe_applied and not resend:
-                raise Timeout(f"{method} on {target} may have been applied; not sent again: {last_error}",
-                              maybe_applied=True)
-            self._stats.retries += 1
-            await self._backoff(failures)
-            failures += 1
+                except (Unavailable, Timeout) as exc:
+                    last_error = exc
+                    maybe_applied |= exc.maybe_applied
+                    node = self._fallback(group, node, pinned)
+                except trio.TooSlowError:
+                    last_error = Timeout(f"no answer from {node} within the attempt timeout")
+                    maybe_applied = True
+                    node = self._fallback(group, node, pinned)
+                if maybe_applied and not resend:
+                    raise Timeout(f"{method} on {target} may have been applied; not sent again: {last_error}",
+                                  maybe_applied=True)
+                self._stats.retries += 1
+                await self._backoff(failures)
+                failures += 1
+        finally:
+            if session is not None:
+                session.outstanding.discard(seq)
 
 
 @asynccontextmanager

@@ -45,6 +45,7 @@ class Limits:
     max_key_bytes: int = 1024
     max_value_bytes: int = 1024 * 1024
     max_in_flight_per_connection: int = 1024
+    max_reason_chars: int = 256  # a participant's reason for a NO vote, as carried to the coordinator
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,7 @@ class Transactions:
     decision_resend_s: float = 0.5
     in_doubt_timeout_s: float = 1.0
     resolve_interval_s: float = 0.25
+    resolve_fanout: int = 8  # questions a shard leader has in flight at once to one authority (a coordinator)
     lock_wait_s: float = 0.05
     retry_limit: int = 100
     three_phase_wait_s: float = 1.0  # a silent 3pc coordinator: participants act after this ...

@@ -92,6 +92,8 @@ class DecisionStore(Protocol):
 
     async def status(self, txid: str, active: bool) -> str: ...
 
+    def recorded_participants(self, txid: str) -> tuple[str, ...] | None: ...
+
 
 class LocalLogStore:
     record_begin = False
@@ -120,6 +122,9 @@ class LocalLogStore:
         self.presumed_aborted.add(txid)  # never decide commit for it from now on
         return ABORTED
 
+    def recorded_participants(self, txid: str) -> tuple[str, ...] | None:
+        return None  # nothing is recorded before the decision: an undecided txid is presumed aborted
+
 
 class RaftStore:
     record_begin = True
@@ -139,6 +144,13 @@ class RaftStore:
 
     async def status(self, txid: str, active: bool) -> str:
         return await self.group.propose(("fence", txid))
+
+    def recorded_participants(self, txid: str) -> tuple[str, ...] | None:
+        """The participants of txid's begin record, if it is still in flight here (after a status question)."""
+        machine = self.group.machine
+        assert isinstance(machine, CoordinatorState)
+        record = machine.txns.get(txid)
+        return record.participants if record is not None and record.outcome is None else None
 
 
 class _Reply:
@@ -161,16 +173,27 @@ class ActiveTxn:
     payloads: dict[str, dict[str, Any]] | None
     inbox: Callable[[Any], None] | None = None
     hop: int = 1  # the client's commit request
-    no_reasons: list[str] = field(default_factory=list)
+    why: dict[str, str] = field(default_factory=dict)  # participant -> why it voted no, in its own words
+    term: int = 0  # Paxos Commit: the Raft term this node led in when the core started; its ballots carry it
 
 
 @dataclass(frozen=True)
 class PaxosSetup:
-    """What a Paxos Commit leader needs besides the common settings."""
+    """What a Paxos Commit leader needs besides the common settings: its acceptors, its rank among them,
+    and this node's view of the coordinator group (current Raft term, and whether it leads)."""
 
     acceptors: tuple[str, ...]
     rank: int
     term: Callable[[], int]
+    leading: Callable[[], bool]
+
+    def leads_in(self, term: int) -> bool:
+        """Whether this node still leads the coordinator group in ``term``: only then may it use ballots of it."""
+        return self.leading() and self.term() == term
+
+
+class HandedOver(Unavailable):
+    """This node stopped driving a transaction that another coordinator-group leader owns now."""
 
 
 class TransactionManager:
@@ -207,26 +230,35 @@ class TransactionManager:
         self.decided: OrderedDict[str, str] = OrderedDict()  # Paxos Commit: outcomes learned, a cache
         self._ballot_counter = itertools.count(1)
 
-    def _ballots(self) -> Iterator[Ballot]:
-        """Ballots unique to this leader: (Raft term, rank, counter); a later term is always higher."""
+    def _ballots(self, term: int) -> Iterator[Ballot]:
+        """Ballots unique to this leader: (Raft term, rank, counter).
+
+        The term is the one this node leads in (one leader per term, and a node leads a term only once),
+        so no two leaders share a ballot, and a later leader's ballots are always higher. The driver
+        stops a core before it sends a ballot of a term this node no longer leads (``leads_in``).
+        """
         assert self.paxos is not None
         while True:
-            yield (self.paxos.term(), self.paxos.rank, next(self._ballot_counter))
+            yield (term, self.paxos.rank, next(self._ballot_counter))
 
-    def _core(self, txid: str, participants: tuple[str, ...]) -> Core:
+    def _core(self, txid: str, participants: tuple[str, ...], term: int) -> Core:
         if self.protocol in THREE_PHASE:
             return three.ThreePhaseCoordinator(txid, participants, quorum=self.protocol == "3pc-quorum",
                                                vote_timeout_s=self.vote_timeout_s, resend_s=self.resend_s)
         if self.paxos is not None:
             return pc.PaxosCommitLeader(
-                txid, participants, self.paxos.acceptors, self._ballots(), self.vote_timeout_s,
+                txid, participants, self.paxos.acceptors, self._ballots(term), self.vote_timeout_s,
                 self.resend_s, fast=self.protocol == "fast-paxos-commit",
             )
         assert self.store is not None
         return tp.TwoPhaseCoordinator(txid, participants, self.store.record_begin, self.vote_timeout_s, self.resend_s)
 
-    async def commit(self, txid: str, payloads: dict[str, dict[str, Any]]) -> tuple[str, str]:
-        """Run the protocol for txid; returns ``(outcome, reason)`` once the outcome is durable."""
+    async def commit(self, txid: str, payloads: dict[str, dict[str, Any]]) -> tuple[str | None, str]:
+        """Run the protocol for txid; returns ``(outcome, reason)`` once the outcome is durable.
+
+        The outcome is None when this coordinator stopped before deciding (a store write that did not
+        become durable in time, or a transaction handed over to a later leader): it may still commit.
+        """
         active = self.active.get(txid)
         if active is None:
             known = self.decided.get(txid)
@@ -236,13 +268,17 @@ class TransactionManager:
                 return ABORTED, "the coordinator already presumed this transaction aborted"
             active = self._launch(txid, tuple(sorted(payloads)), payloads, None)
         await active.reply.done.wait()
-        assert active.reply.outcome is not None
         return active.reply.outcome, active.reply.reason
 
     async def status(self, txid: str, participants: tuple[str, ...] = ()) -> str:
+        """What this coordinator knows of txid; ``participants`` are txid's own (the caller checked them)."""
         active = self.active.get(txid)
         if self.store is not None:
-            return await self.store.status(txid, active=active is not None and active.reply.outcome is None)
+            outcome = await self.store.status(txid, active=active is not None and active.reply.outcome is None)
+            recorded = self.store.recorded_participants(txid) if outcome == PENDING and active is None else None
+            if recorded is not None:
+                self.resume(txid, recorded, None)  # a begin record nobody drives (its coordinator stopped)
+            return outcome
         if active is not None:
             return active.reply.outcome or PENDING
         known = self.decided.get(txid)
@@ -268,21 +304,26 @@ class TransactionManager:
         if txid not in self.active:
             self._launch(txid, participants, None, tp.Recover(now=trio.current_time(), outcome=outcome))
 
-    def deliver(self, txid: str, event: Any, hop: int) -> None:
-        """An unsolicited protocol message for txid (a Paxos 2b); dropped if no core runs it here."""
+    def deliver(self, txid: str, event: Any, hop: int, reasons: dict[str, str]) -> None:
+        """An unsolicited protocol message for txid (a Paxos 2b, with the NO voters' reasons it carried);
+        dropped if no core runs it here."""
         active = self.active.get(txid)
         if active is not None and active.inbox is not None:
             active.hop = max(active.hop, hop)
+            active.why.update(reasons)
             active.inbox(event)
 
     def _launch(
         self, txid: str, participants: tuple[str, ...], payloads: dict[str, dict[str, Any]] | None,
         first: Any,
     ) -> ActiveTxn:
-        return self._start(txid, self._core(txid, participants), payloads, first or tp.Start(now=trio.current_time()))
+        term = self.paxos.term() if self.paxos is not None else 0
+        return self._start(txid, self._core(txid, participants, term), payloads,
+                           first or tp.Start(now=trio.current_time()), term)
 
-    def _start(self, txid: str, core: Core, payloads: dict[str, dict[str, Any]] | None, first: Any) -> ActiveTxn:
-        active = ActiveTxn(core, trio.current_time(), _Reply(), payloads)
+    def _start(self, txid: str, core: Core, payloads: dict[str, dict[str, Any]] | None, first: Any,
+               term: int = 0) -> ActiveTxn:
+        active = ActiveTxn(core, trio.current_time(), _Reply(), payloads, term=term)
         self.active[txid] = active
         self.nursery.start_soon(self._drive, txid, active, first)
         return active
@@ -308,12 +349,22 @@ class TransactionManager:
                     event = tp.TimerFired(now=trio.current_time(), name=name)
                 tasks.cancel_scope.cancel()
         except* ClusterError as group:
-            log.warning("%s: coordinator stopped driving: %s", txid, group.exceptions[0])
+            stopped = group.exceptions[0]
+            active.reply.reason = f"the coordinator stopped before deciding: {stopped}"
+            log.warning("%s: coordinator stopped driving: %s", txid, stopped)
         finally:
             if not active.reply.done.is_set():
-                active.reply.reason = "the coordinator stopped before deciding"
+                active.reply.reason = active.reply.reason or "the coordinator stopped before deciding"
                 active.reply.done.set()
             self.active.pop(txid, None)
+
+    def _acceptors_if_leading(self, active: ActiveTxn) -> tuple[str, ...]:
+        """The acceptors to send a recovery ballot to; HandedOver if this node no longer leads its term."""
+        assert self.paxos is not None
+        if not self.paxos.leads_in(active.term):
+            raise HandedOver(f"this node no longer leads the coordinator group in term {active.term}; "
+                             f"the current leader finishes the transaction")
+        return self.paxos.acceptors
 
     def _meta(self, active: ActiveTxn) -> dict[str, Any]:
         return {"leader": self.node_id, "hop": active.hop + 1, "protocol": self.protocol,
@@ -333,11 +384,13 @@ class TransactionManager:
                 payload = active.payloads.get(shard) if active.payloads is not None else None
                 tasks.start_soon(self._prepare, txid, shard, payload, active, feed)
             case pc.Phase1a(ballot=ballot, participants=instances):
-                for acceptor in self.paxos.acceptors if self.paxos else ():
+                for acceptor in self._acceptors_if_leading(active):
                     tasks.start_soon(self._phase1a, txid, acceptor, ballot, instances, active, feed)
             case pc.Phase2a(ballot=ballot, values=values):
-                for acceptor in self.paxos.acceptors if self.paxos else ():
+                for acceptor in self._acceptors_if_leading(active):
                     tasks.start_soon(self._phase2a, txid, acceptor, ballot, values, active, feed)
+            case pc.Superseded(reason=reason):
+                raise HandedOver(f"{txid}: {reason}; the leader of that term finishes it")
             case three.SendMove(participant=shard, target=target, round=round_):
                 if round_ == three.COORDINATOR_ROUND:  # the coordinator's PreCommit
                     await self.hooks.checkpoint("coordinator.after_votes", txid)
@@ -352,7 +405,7 @@ class TransactionManager:
                 log.info("%s: termination gave up: %s", txid, reason)
             case tp.SendDecision(participant=shard, outcome=outcome):
                 tasks.start_soon(self._send_decision, txid, shard, outcome, active, feed)
-            case tp.Reply(outcome=outcome):
+            case tp.Reply(outcome=outcome, no_votes=no_votes, reason=reason):
                 if self.protocol in THREE_PHASE:
                     await self.hooks.checkpoint("coordinator.after_decision", txid)
                 if self.store is None:
@@ -362,9 +415,8 @@ class TransactionManager:
                     while len(self.decided) > MAX_REMEMBERED:
                         self.decided.popitem(last=False)
                 active.reply.outcome = outcome
-                active.reply.reason = "; ".join(active.no_reasons) or (
-                    "votes timed out" if outcome == ABORTED else ""
-                )
+                reasons = [f"{p} voted no: {active.why.get(p) or 'it gave no reason'}" for p in no_votes]
+                active.reply.reason = "; ".join(reasons + ([reason] if reason else []))
                 self.outcomes[outcome] += 1
                 active.reply.done.set()
             case tp.SetTimer(name=name, deadline=deadline):
@@ -412,10 +464,10 @@ class TransactionManager:
             except ClusterError as exc:
                 log.info("%s: no vote from %s: %s", txid, shard, exc)
                 return
+            if not yes:
+                active.why[shard] = reason
             if self.paxos is not None:
                 return  # the vote travels to the acceptors as phase 2a, and reaches us as 2b
-            if not yes:
-                active.no_reasons.append(f"{shard}: {reason}")
             active.hop = max(active.hop, 3)
             feed(tp.Vote(now=trio.current_time(), participant=shard, yes=yes))
 
@@ -451,12 +503,15 @@ class TransactionManager:
 
     async def _phase1a(self, txid: str, acceptor: str, ballot: Ballot, instances: tuple[str, ...],
                        active: ActiveTxn, feed: Callable[[Any], None]) -> None:
-        params = {"ballot": list(ballot), "participants": list(instances)}
+        params = {"ballot": list(ballot), "participants": list(active.core.participants),
+                  "instances": list(instances)}
         reply = await self._ask_acceptor(txid, acceptor, "1a", "paxos.phase1a", params, active)
         if reply is not None:
             accepted = {p: (ballot_of(b) if b is not None else None, v) for p, b, v in reply["accepted"]}
+            promise = reply.get("promise")
             feed(pc.Phase1b(now=trio.current_time(), acceptor=acceptor, ballot=ballot,
-                            promised=reply["promised"], accepted=accepted))
+                            promised=reply["promised"], accepted=accepted,
+                            promise=ballot_of(promise) if promise is not None else None))
 
     async def _phase2a(self, txid: str, acceptor: str, ballot: Ballot, values: dict[str, str],
                        active: ActiveTxn, feed: Callable[[Any], None]) -> None:

@@ -25,6 +25,7 @@ from consensus.errors import InvalidRequest
 COMMITTED = "committed"
 ABORTED = "aborted"
 PENDING = "pending"
+UNKNOWN = "unknown"  # a status answer: the participants asked about are not the transaction's own
 
 
 @dataclass(slots=True)

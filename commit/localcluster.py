@@ -106,6 +106,18 @@ def _toml(value: Any) -> str:
     return repr(value)
 
 
+def commit_in_background(tx: Transaction, nursery: trio.Nursery) -> None:
+    """Commit ``tx`` in ``nursery``, ignoring its error: for tests whose coordinator dies under the commit."""
+
+    async def commit_and_ignore() -> None:
+        try:
+            await tx.commit()
+        except ClusterError:
+            pass
+
+    nursery.start_soon(commit_and_ignore)
+
+
 def _returns(check: Any) -> Any:
     async def predicate() -> bool:
         return bool(check())
@@ -247,44 +259,58 @@ class LocalCluster:
 
         await self.wait_until(clean, within_s, "every shard to hold no prepared transaction and no lock")
 
+    async def held_transfer(self, db: Any, protocol: str, point: str | None, src: str, dst: str) -> Transaction:
+        """Put src = 100 and dst = 0, arm ``point`` (if any) on the protocol's coordinator, and return a
+        transaction that moves 30 from src to dst, read and written but not committed yet.
+
+        Needs ``transactions.fault_hooks`` when a point is given.
+        """
+        await db.put(src, 100)
+        await db.put(dst, 0)
+        if point is not None:
+            coordinator = (self.config.twopc_coordinator if protocol in COORDINATED_BY_NODE
+                           else (await self.leaders())["coord"])
+            await self.call(coordinator, "test.hold", {"point": point})
+        tx = Transaction(db, protocol)
+        tx.put(src, (await tx.get(src)).value - 30)
+        tx.put(dst, (await tx.get(dst)).value + 30)
+        return tx
+
     async def start_held_transfer(
-        self, db: Any, protocol: str, point: str, src: str, dst: str, nursery: trio.Nursery,
+        self, db: Any, protocol: str, point: str | None, src: str, dst: str, nursery: trio.Nursery,
         until_prepared: bool = True,
     ) -> Any:
-        """Arm ``point`` on the coordinator, start a src -> dst transfer of 30, return once both shards prepared.
+        """``held_transfer``, committed in ``nursery``; returns once both shards prepared it.
 
         With ``until_prepared=False`` it returns once the commit is under way (Faster Paxos Commit's
         participants may learn the outcome and finish before anyone could see them prepared).
 
-        Needs ``transactions.fault_hooks``. The commit runs in ``nursery`` and its error (the coordinator
-        is meant to die under it) is ignored: callers judge the outcome from the shards.
+        The commit's error (the coordinator is meant to die under it) is ignored: callers judge the
+        outcome from the shards.
         """
-        coordinator = self.config.twopc_coordinator if protocol in COORDINATED_BY_NODE else (await self.leaders())["coord"]
-        await db.put(src, 100)
-        await db.put(dst, 0)
-        await self.call(coordinator, "test.hold", {"point": point})
-        tx = Transaction(db, protocol)
-        tx.put(src, (await tx.get(src)).value - 30)
-        tx.put(dst, (await tx.get(dst)).value + 30)
-
-        async def commit_and_ignore() -> None:
-            try:
-                await tx.commit()
-            except ClusterError:
-                pass
-
-        nursery.start_soon(commit_and_ignore)
-        shards = {shard_group(shard_of(k.encode(), self.shards)) for k in (src, dst)}
+        tx = await self.held_transfer(db, protocol, point, src, dst)
+        commit_in_background(tx, nursery)
+        shards = sorted({shard_group(shard_of(k.encode(), self.shards)) for k in (src, dst)})
 
         async def prepared() -> bool:
-            rows = await self.shard_leader_rows()
-            return all(rows.get(s, {}).get("prepared", 0) >= 1 for s in shards)
+            if tx.txid is None:
+                return False
+            try:
+                states = [await self.shard_state(tx.txid, shard) for shard in shards]
+            except (ClusterError, KeyError, trio.TooSlowError):
+                return False  # a shard without a leader just now
+            return states == ["prepared"] * len(shards)
 
         if until_prepared:
             await self.wait_until(prepared, 10, "both participants to be prepared")
         else:
             await self.wait_until(_returns(lambda: tx.txid is not None), 10, "the commit to start")
         return tx
+
+    async def shard_state(self, txid: str, shard: str) -> str:
+        """The shard's own record of txid (prepared, committed, aborted or unknown), read without fencing it."""
+        leader = (await self.leaders())[shard]
+        return (await self.call(leader, "shard.inspect", {"txid": txid, "shard": shard}))["state"]
 
     async def place_leaders(self, placement: dict[str, str], within_s: float = 20.0) -> None:
         """Move each group's leadership to the given node (needs ``transactions.fault_hooks``).

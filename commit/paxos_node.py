@@ -2,13 +2,16 @@
 
 * Participant (a shard leader): once its vote is replicated in its group, it
   sends phase 2a at ballot 0 for its own instance ``(txid, shard)`` to every
-  acceptor (``send_vote``).
+  acceptor (``send_vote``); a NO vote carries the shard's reason.
 * Acceptor (every coordinator-group node): accepts ballot-0 values as they
   come; once it holds one for every participant of the transaction, it makes
   them durable in one forced write and sends ONE bundled phase 2b to the
   leader (and, for Faster Paxos Commit, to every participant). An "aborted"
-  value is forwarded at once, unbundled: it decides the transaction alone.
-  It also answers the leader's recovery phases 1a and 2a at higher ballots.
+  value is forwarded at once, unbundled, with the participant's reason: it
+  decides the transaction alone, and the client is told why.
+  It also answers the leader's recovery phases 1a and 2a at higher ballots;
+  a 1a it refuses is answered with the ballot it promised instead, so that a
+  leader of an earlier term learns it has been superseded.
 * Fast learner (a shard leader, Faster Paxos Commit): tallies the bundles; once
   every instance has F+1 acceptors at "prepared" (or any at "aborted") it
   applies the outcome to its shard, without waiting for the leader.
@@ -79,23 +82,25 @@ class PaxosNode:
 
     # -- participant --------------------------------------------------------------------
 
-    def send_vote(self, txid: str, shard: str, value: str, participants: tuple[str, ...], leader: str,
-                  fast: bool, hop: int) -> None:
+    def send_vote(self, txid: str, shard: str, value: str, reason: str, participants: tuple[str, ...],
+                  leader: str, fast: bool, hop: int) -> None:
         params = {"txid": txid, "shard": shard, "value": value, "participants": list(participants),
                   "leader": leader, "fast": fast, "hop": hop}
+        if value == ABORTED:
+            params["reason"] = reason
         for acceptor in self.acceptor_ids:
             self.tracer.sent(txid, "2a", acceptor, hop)
             call: Awaitable[Any]
             if acceptor == self.node_id and self.acceptor is not None:
-                call = self.on_phase2a(txid, shard, value, participants, leader, fast, hop)  # same node: no RPC
+                call = self.on_phase2a(txid, shard, value, reason, participants, leader, fast, hop)  # no RPC
             else:
                 call = self.peers.call_node(acceptor, "paxos.phase2a", params)
             self.nursery.start_soon(self._bounded, f"2a {txid} to {acceptor}", call)
 
     # -- acceptor -------------------------------------------------------------------------
 
-    async def on_phase2a(self, txid: str, shard: str, value: str, participants: tuple[str, ...], leader: str,
-                         fast: bool, hop: int) -> None:
+    async def on_phase2a(self, txid: str, shard: str, value: str, reason: str, participants: tuple[str, ...],
+                         leader: str, fast: bool, hop: int) -> None:
         assert self.acceptor is not None
         if not self.acceptor.accept_now((txid, shard), BALLOT_ZERO, value):
             # A recovery ballot got here first: this acceptor promised not to accept ballot 0 any more,
@@ -116,15 +121,17 @@ class PaxosNode:
         values = dict(bundle.values) if value == PREPARED else {shard: value}
         if value == PREPARED:
             bundle.sent = True
-        self._send_2b(txid, values, bundle)
+        self._send_2b(txid, values, {} if value == PREPARED else {shard: reason}, bundle)
 
-    def _send_2b(self, txid: str, values: dict[str, str], bundle: _Bundle) -> None:
+    def _send_2b(self, txid: str, values: dict[str, str], reasons: dict[str, str], bundle: _Bundle) -> None:
         assert self.acceptor is not None
         params = {"txid": txid, "acceptor": self.acceptor.name, "ballot": list(BALLOT_ZERO),
                   "values": values, "hop": bundle.hop + 1}
+        if reasons:
+            params["reasons"] = reasons
         self.tracer.sent(txid, "2b", bundle.leader, bundle.hop + 1)
         if bundle.leader == self.node_id and self.deliver_local is not None:
-            self.deliver_local(txid, self.acceptor.name, BALLOT_ZERO, values, bundle.hop + 1)
+            self.deliver_local(txid, self.acceptor.name, BALLOT_ZERO, values, bundle.hop + 1, reasons)
         else:
             self.nursery.start_soon(self._bounded, f"2b {txid} to {bundle.leader}",
                                     self.peers.call_node(bundle.leader, "paxos.phase2b", params))
@@ -140,12 +147,13 @@ class PaxosNode:
                     call = self.peers.call_group_traced(shard, "paxos.learn", learn, "2b", bundle.hop + 1)
                 self.nursery.start_soon(self._bounded, f"2b {txid} to {shard}", call)
 
-    async def on_phase1a(self, txid: str, ballot: Ballot, participants: tuple[str, ...]) -> dict[str, Any]:
+    async def on_phase1a(self, txid: str, ballot: Ballot, instances: tuple[str, ...]) -> dict[str, Any]:
         assert self.acceptor is not None
-        promised, accepted = await self.acceptor.promise(ballot, [(txid, p) for p in participants])
+        promised, accepted, promise = await self.acceptor.promise(ballot, [(txid, p) for p in instances])
         self.tracer.forced(txid, "acceptor promise")
         return {"promised": promised,
-                "accepted": [[p, list(b) if b is not None else None, v] for (_, p), (b, v) in accepted.items()]}
+                "accepted": [[p, list(b) if b is not None else None, v] for (_, p), (b, v) in accepted.items()],
+                "promise": None if promised else list(promise)}
 
     async def on_accept(self, txid: str, ballot: Ballot, values: dict[str, str]) -> dict[str, Any]:
         assert self.acceptor is not None

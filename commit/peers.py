@@ -16,8 +16,9 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from commit.config import COORDINATED_BY_NODE, COORDINATOR_GROUP, THREE_PHASE
+from commit.coordinator import UNKNOWN
 from commit.tracing import Tracer
-from commit.txids import ONE_PHASE, authority_of
+from commit.txids import ONE_PHASE, are_participants_of, authority_of
 from consensus.errors import ClusterError
 
 log = logging.getLogger(__name__)
@@ -84,11 +85,15 @@ class Peers:
         """The outcome as the authority for txid knows it: committed, aborted or pending.
 
         For 3PC the authority is the participants themselves: with the participant list this asks them,
-        so the answer does not need the coordinator (which may be dead: that is 3PC's point).
+        so the answer does not need the coordinator (which may be dead: that is 3PC's point). A list that
+        is not txid's own is answered ``unknown`` here, without asking anyone: asking would fence shards
+        that are not participants, or let a recovery decide over part of the transaction.
         """
         protocol, shard = authority_of(txid)
         if protocol == ONE_PHASE and shard is not None:
             return await self.query(shard, txid)
+        if participants and not are_participants_of(txid, participants):
+            return UNKNOWN
         if protocol in THREE_PHASE and participants:
             return await self.participants_know(txid, participants, self.db.config.timeouts.request_s)
         params: dict[str, Any] = {"txid": txid}

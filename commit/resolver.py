@@ -11,6 +11,14 @@ leaves it prepared, locks held, to ask again next round.
 A read that meets a prepared writer's lock uses ``resolve`` too, after a
 short wait, so a reader never sees half of a transaction.
 
+Questions run concurrently, each in its own task, at most
+``transactions.resolve_fanout`` at a time per authority (the protocol that
+decides the txid: the 2pc coordinator node, the coordinator group, ...).
+A question can take up to its ask timeout when its authority is down, so
+one unreachable authority must never queue the others behind it (issue 9.3:
+a Paxos Commit transfer waited 75 s behind five 2pc transactions whose
+coordinator was dead).
+
 3PC transactions are left to ``commit.termination``: a 3PC participant does
 not wait for its coordinator's answer, it terminates without it.
 """
@@ -35,14 +43,17 @@ log = logging.getLogger(__name__)
 
 class InDoubtResolver:
     def __init__(self, shards: dict[str, ReplicaGroup], peers: Peers, *, timeout_s: float, interval_s: float,
-                 ask_timeout_s: float) -> None:
+                 ask_timeout_s: float, fanout: int) -> None:
         self.shards = shards
         self.peers = peers
         self.timeout_s = timeout_s
         self.interval_s = interval_s
         self.ask_timeout_s = ask_timeout_s
+        self.fanout = fanout
         self.first_seen: dict[tuple[str, str], float] = {}
         self.resolved: dict[str, int] = {COMMITTED: 0, ABORTED: 0}
+        self._asking: set[tuple[str, str]] = set()
+        self._limits: dict[str, trio.CapacityLimiter] = {}
 
     def _prepared(self, group: ReplicaGroup) -> list[str]:
         machine = group.machine
@@ -66,29 +77,44 @@ class InDoubtResolver:
                 self.resolved[outcome] += 1
                 log.info("%s in doubt on %s: resolved %s", txid, group.name, outcome)
             return outcome
+        log.info("%s in doubt on %s: no answer from its authority within %ss", txid, group.name, self.ask_timeout_s)
         return "unreachable"
 
     async def run(self) -> None:
-        while True:
-            await trio.sleep(self.interval_s)
-            now = trio.current_time()
-            seen: set[tuple[str, str]] = set()
-            for name, group in self.shards.items():
-                if not group.is_leader():
+        async with trio.open_nursery() as questions:
+            while True:
+                await trio.sleep(self.interval_s)
+                self._ask_about_old_ones(questions)
+
+    def _ask_about_old_ones(self, questions: trio.Nursery) -> None:
+        """Start a question for every transaction in doubt for ``timeout_s`` that is not being asked about."""
+        now = trio.current_time()
+        seen: set[tuple[str, str]] = set()
+        for name, group in self.shards.items():
+            if not group.is_leader():
+                continue
+            for txid in self._prepared(group):
+                if authority_of(txid)[0] in THREE_PHASE:
                     continue
-                for txid in self._prepared(group):
-                    if authority_of(txid)[0] in THREE_PHASE:
-                        continue
-                    key = (name, txid)
-                    seen.add(key)
-                    first = self.first_seen.setdefault(key, now)
-                    if now - first >= self.timeout_s:
-                        try:
-                            await self.resolve(group, txid)
-                        except ClusterError as exc:
-                            log.info("%s on %s: could not apply the outcome: %s", txid, name, exc)
-            for key in [k for k in self.first_seen if k not in seen]:
-                del self.first_seen[key]
+                key = (name, txid)
+                seen.add(key)
+                first = self.first_seen.setdefault(key, now)
+                if now - first >= self.timeout_s and key not in self._asking:
+                    self._asking.add(key)
+                    questions.start_soon(self._ask, group, txid, key)
+        for key in [k for k in self.first_seen if k not in seen]:
+            del self.first_seen[key]
+
+    async def _ask(self, group: ReplicaGroup, txid: str, key: tuple[str, str]) -> None:
+        protocol, _ = authority_of(txid)
+        limit = self._limits.setdefault(protocol, trio.CapacityLimiter(self.fanout))
+        try:
+            async with limit:
+                await self.resolve(group, txid)
+        except ClusterError as exc:
+            log.info("%s on %s: could not apply the outcome: %s", txid, group.name, exc)
+        finally:
+            self._asking.discard(key)
 
     def in_doubt(self, now: float) -> list[dict[str, Any]]:
         return [

@@ -106,7 +106,7 @@ async def serve_node(
             if coord is not None:
                 managers["raft-2pc"] = manager("raft-2pc", RaftStore(coord))
                 nursery.start_soon(_watch_coordinator_leadership, managers["raft-2pc"], coord)
-                setup = PaxosSetup(acceptors, acceptors.index(node_id), coord.term)
+                setup = PaxosSetup(acceptors, acceptors.index(node_id), coord.term, coord.is_leader)
                 for protocol in PAXOS:
                     managers[protocol] = manager(protocol, None, setup)
                 acceptor = Acceptor(node_id, config.node_dir(node_id) / "acceptor.log", config.durability)
@@ -125,7 +125,7 @@ async def serve_node(
             nursery.start_soon(silence.run)
             resolver = InDoubtResolver(
                 shards, peers, timeout_s=txn.in_doubt_timeout_s, interval_s=txn.resolve_interval_s,
-                ask_timeout_s=config.timeouts.request_s,
+                ask_timeout_s=config.timeouts.request_s, fanout=txn.resolve_fanout,
             )
             nursery.start_soon(resolver.run)
             paxos_node = PaxosNode(node_id, acceptor, acceptors, peers, tracer, shards,

@@ -10,19 +10,20 @@ Methods (params -> result):
     kv.get           {key}                          -> {value, version, exists}
     kv.put           {key, value, session}          -> {version}
     kv.delete        {key, session}                 -> {version}
+    session.open     {group}                        -> {session}     leader of group: a new exactly-once session
     txn.commit       {txid, participants}           -> {outcome}     coordinator of txid's protocol
     txn.commit_one   {txid, shard, reads, writes}   -> {outcome}     leader of the one shard
-    txn.status       {txid}                         -> {outcome}     coordinator (fences unknown txids)
-    shard.prepare    {txid, shard, reads, writes}   -> {vote, reason?}
+    txn.status       {txid, participants?}          -> {outcome}     coordinator (fences unknown txids)
+    shard.prepare    {txid, shard, reads, writes, participants, leader, hop} -> {vote, reason?}
     shard.query      {txid, shard}                  -> {state}       (fences unknown txids)
     shard.decide     {txid, shard, outcome}         -> {state}
     shard.inspect    {txid, shard}                  -> {state, phase, promised}  read-only (no fencing)
     3pc.join         {txid, shard, round, leader, hop}         -> {state, promised}   3PC state request
     3pc.move         {txid, shard, round, target, leader, hop} -> {state, promised}   PreCommit / PreAbort
-    paxos.phase2a    {txid, shard, value, participants, leader, fast, hop} -> {}   acceptor, ballot 0
-    paxos.phase2b    {txid, acceptor, ballot, values, hop}                -> {}   leader
+    paxos.phase2a    {txid, shard, value, reason?, participants, leader, fast, hop} -> {}   acceptor, ballot 0
+    paxos.phase2b    {txid, acceptor, ballot, values, reasons?, hop}      -> {}   leader
     paxos.learn      {txid, shard, acceptor, ballot, values, participants, hop} -> {outcome}  fast participant
-    paxos.phase1a    {txid, ballot, participants}   -> {promised, accepted}      acceptor
+    paxos.phase1a    {txid, ballot, participants, instances} -> {promised, accepted, promise}  acceptor
     paxos.accept     {txid, ballot, values}         -> {accepted}                acceptor
     node.trace       {txid}                         -> {events}
     coord.epoch      {session}                      -> {epoch}
@@ -33,10 +34,13 @@ Methods (params -> result):
     test.fault       {op, peer?, method?}           -> {faults}      only with transactions.fault_hooks
                      op: cut | heal | drop | undrop | list (commit.faults)
 
-``session`` is ``[client_id (16 bytes), seq, low_water]`` (see
-``consensus.sessions``); values are bytes (the client packs them).
+``session`` is ``[session id, seq, low_water]``, the id from ``session.open``
+(see ``consensus.sessions``); values are bytes (the client packs them).
 ``participants`` maps a shard name to ``{reads: [[key, version]...],
-writes: [[key, value or nil]...]}``.
+writes: [[key, value or nil]...]}`` in ``txn.commit``, and is the list of
+shard names elsewhere; every participant list is checked against the txid,
+which binds them (``commit.txids``): a wrong one is ``invalid_request``, and
+``txn.status`` answers ``unknown`` for it (nothing can be looked up from it).
 """
 
 from __future__ import annotations
@@ -55,7 +59,7 @@ from commit.config import (
     shard_group,
 )
 from commit.coordinating import PAXOS, FaultHooks, TransactionManager
-from commit.coordinator import ABORTED, COMMITTED, CoordinatorState
+from commit.coordinator import ABORTED, COMMITTED, UNKNOWN, CoordinatorState
 from commit.errors import CommitUnknown, Conflict
 from commit.faults import OPS, LinkFaults
 from commit.paxos_node import PaxosNode
@@ -66,29 +70,27 @@ from commit.routing import key_bytes, shard_of
 from commit.shard import ShardState
 from commit.termination import SilenceWatch
 from commit.tracing import Tracer
-from commit.txids import ONE_PHASE, authority_of, check_txid
+from commit.txids import ONE_PHASE, are_participants_of, authority_of, check_participants, check_txid
 from consensus.paxos import BALLOT_ZERO, Ballot, ballot_of
 from consensus.errors import InvalidRequest, NotLeader, Timeout, Unavailable
 from consensus.group import ReplicaGroup
 from consensus.sessions import SessionRef
 
-CLIENT_ID_BYTES = 16
 LOCK_POLL_S = 0.002
+MAX_SESSION_NUMBER = 2**63 - 1  # msgpack's largest signed integer
 
 
 def _session(params: dict[str, Any]) -> SessionRef:
     raw = params.get("session")
     if not (isinstance(raw, list) and len(raw) == 3):
-        raise InvalidRequest("session must be [client_id, seq, low_water]")
-    client_id, seq, low_water = raw
-    if not (isinstance(client_id, bytes) and len(client_id) == CLIENT_ID_BYTES):
-        raise InvalidRequest(f"session client_id must be {CLIENT_ID_BYTES} bytes")
-    for name, n in (("seq", seq), ("low_water", low_water)):
-        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise InvalidRequest("session must be [session id, seq, low_water]")
+    session_id, seq, low_water = raw
+    for name, n in (("session id", session_id), ("seq", seq), ("low_water", low_water)):
+        if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= MAX_SESSION_NUMBER:
             raise InvalidRequest(f"session {name} must be a positive integer")
     if low_water > seq:
         raise InvalidRequest("session low_water must not exceed seq")
-    return SessionRef(client_id, seq, low_water)
+    return SessionRef(session_id, seq, low_water)
 
 
 class NodeService:
@@ -123,6 +125,7 @@ class NodeService:
             "kv.get": self.kv_get,
             "kv.put": self.kv_put,
             "kv.delete": self.kv_delete,
+            "session.open": self.session_open,
             "txn.commit": self.txn_commit,
             "txn.commit_one": self.txn_commit_one,
             "txn.status": self.txn_status,
@@ -220,6 +223,16 @@ class NodeService:
             raise InvalidRequest(f"{what} must be a non-empty array of shard names")
         return tuple(self._shard_name(s) for s in raw)
 
+    def _participants_of(self, txid: str, raw: Any) -> tuple[str, ...]:
+        """txid's participants, given as an array of shard names; InvalidRequest unless they are its own."""
+        return check_participants(txid, self._shards(raw, "participants"))
+
+    def _reason(self, raw: Any) -> str:
+        """A participant's own words for its NO vote, carried to the leader; cut to ``limits.max_reason_chars``."""
+        if not isinstance(raw, str):
+            raise InvalidRequest("reason must be a string")
+        return raw[: self.config.limits.max_reason_chars]
+
     def _node_id(self, raw: Any, what: str) -> str:
         if not isinstance(raw, str) or raw not in {n.id for n in self.config.nodes}:
             raise InvalidRequest(f"{what} must be a node id of this cluster, got {raw!r:.40}")
@@ -261,37 +274,83 @@ class NodeService:
         group = self._shard_for(key)
         return await self._within_request_timeout(group.name, lambda: self._read_unlocked(group, key), False)
 
+    @staticmethod
+    def _shard_state(group: ReplicaGroup) -> ShardState:
+        machine = group.machine
+        assert isinstance(machine, ShardState)
+        return machine
+
     async def _read_unlocked(self, group: ReplicaGroup, key: bytes) -> dict[str, Any]:
         """Linearizable read that never returns a value a prepared transaction is about to change."""
         await group.read_barrier()
-        patience = trio.current_time() + self.config.transactions.lock_wait_s
-        while True:
-            machine = group.machine
-            assert isinstance(machine, ShardState)
-            writer = machine.writer_of(key)
-            if writer is None:
-                cell = machine.read(key)
-                return {"value": cell.value, "version": cell.version, "exists": cell.value is not None}
-            if trio.current_time() < patience:
-                await trio.sleep(LOCK_POLL_S)
-                continue
-            learned = await self.resolver.resolve(group, writer)
-            if learned not in (COMMITTED, ABORTED):
-                raise Unavailable(f"{key!r:.60} is locked by in-doubt transaction {writer} ({learned})",
-                                  txid=writer)
+        await self._wait_unlocked(group, key, lambda k: self._shard_state(group).writer_of(k), in_doubt_is_final=True)
+        cell = self._shard_state(group).read(key)
+        return {"value": cell.value, "version": cell.version, "exists": cell.value is not None}
+
+    async def _wait_unlocked(self, group: ReplicaGroup, key: bytes, holder_of: Callable[[bytes], str | None], *,
+                             in_doubt_is_final: bool) -> None:
+        """Until no transaction holds ``key`` (as ``holder_of`` sees it on this leader).
+
+        A holder that keeps the key for ``transactions.lock_wait_s`` is resolved once: its authority is
+        asked for the outcome, which is applied here if decided. If it is still in doubt, a read gives up
+        at once (``Unavailable``: a reader must not wait on a blocked 2PC), and a write waits on within its
+        caller's deadline.
+        """
+        wait_s = self.config.transactions.lock_wait_s
+        holder, asked = holder_of(key), None
+        patience = trio.current_time() + wait_s
+        while holder is not None:
+            if trio.current_time() >= patience and holder != asked:
+                asked = holder
+                learned = await self.resolver.resolve(group, holder)
+                if in_doubt_is_final and learned not in (COMMITTED, ABORTED):
+                    raise Unavailable(f"{key!r:.60} is locked by in-doubt transaction {holder} ({learned})",
+                                      txid=holder)
+            await trio.sleep(LOCK_POLL_S)
+            current = holder_of(key)
+            if current != holder:
+                holder, patience = current, trio.current_time() + wait_s
+
+    async def _write_unlocked(self, key: bytes, command: tuple[Any, ...], session: SessionRef) -> dict[str, Any]:
+        """A single-key write that waits out the transactions locking its key (issue 9.2).
+
+        The shard refuses a write on a locked key (``Conflict``) without changing anything, and the session
+        table does not keep that refusal, so the write is proposed again, with the same session, once the
+        key is free; a transaction may take the key in between, and then it waits again. Bounded by
+        ``timeouts.request_s``: still locked then, it answers ``Conflict`` (not applied; the client retries).
+        """
+        group = self._shard_for(key)
+        request_s = self.config.timeouts.request_s
+        proposing = False
+        with trio.move_on_after(request_s):
+            while True:
+                await self._wait_unlocked(group, key, lambda k: self._shard_state(group).holder_of(k),
+                                          in_doubt_is_final=False)
+                proposing = True
+                try:
+                    return {"version": await group.propose(command, session)}
+                except Conflict:
+                    proposing = False
+        if proposing:
+            raise Timeout(f"{group.name}: no result within {request_s}s", maybe_applied=True)
+        holder = self._shard_state(group).holder_of(key) or ""
+        raise Conflict(f"key {key!r:.60} is still locked by transaction {holder} after {request_s}s", txid=holder)
 
     async def kv_put(self, params: dict[str, Any]) -> dict[str, Any]:
         key = self._key_param(params)
         value = self._value(params.get("value"))
-        session = _session(params)
-        version = await self._propose(self._shard_for(key), ("put", key, value), session)
-        return {"version": version}
+        return await self._write_unlocked(key, ("put", key, value), _session(params))
 
     async def kv_delete(self, params: dict[str, Any]) -> dict[str, Any]:
         key = self._key_param(params)
-        session = _session(params)
-        version = await self._propose(self._shard_for(key), ("delete", key), session)
-        return {"version": version}
+        return await self._write_unlocked(key, ("delete", key), _session(params))
+
+    async def session_open(self, params: dict[str, Any]) -> dict[str, Any]:
+        name = params.get("group")
+        if not isinstance(name, str) or name not in {g.name for g in self.config.groups()}:
+            raise InvalidRequest(f"group must name a group of this cluster, got {name!r:.40}")
+        group = self._leading(name)
+        return {"session": await self._within_request_timeout(name, group.open_session, True)}
 
     # -- transactions: coordinator side ---------------------------------------------
 
@@ -300,6 +359,7 @@ class NodeService:
         participants = params.get("participants")
         if not isinstance(participants, dict) or len(participants) < 2:
             raise InvalidRequest("participants must map at least two shard names to their reads and writes")
+        check_participants(txid, participants)
         payloads = {}
         for shard, payload in participants.items():
             name = self._shard_name(shard)
@@ -318,6 +378,8 @@ class NodeService:
     async def txn_status(self, params: dict[str, Any]) -> dict[str, Any]:
         txid = check_txid(params.get("txid"))
         participants = self._shards(params["participants"], "participants") if "participants" in params else ()
+        if participants and not are_participants_of(txid, participants):
+            return {"outcome": UNKNOWN}  # never recover, or fence, over a list the txid does not bind
         manager = self._manager(txid)
         outcome = await self._within_request_timeout(
             "txn.status", lambda: manager.status(txid, participants), True)
@@ -347,7 +409,9 @@ class NodeService:
         txid, group = self._participant(params)
         reads, writes = self._payload(params, group.name)
         protocol, _ = authority_of(txid)
-        participants = self._shards(params.get("participants", [group.name]), "participants")
+        if protocol == ONE_PHASE:
+            raise InvalidRequest(f"{txid} is a one-phase transaction (txn.commit_one), it has no PREPARE")
+        participants = self._participants_of(txid, params.get("participants"))
         leader = self._node_id(params.get("leader", self.node_id), "leader")
         hop = self._hop(params)
         if group.name not in participants:
@@ -358,21 +422,22 @@ class NodeService:
             vote = "yes" if vote[1] == COMMITTED else ("no", f"{txid} is already {vote[1]} here")
         else:
             self.tracer.forced(txid, "shard prepare")
+        reason = "" if vote == "yes" else vote[1]
         if protocol in PAXOS:
             if not decided:  # a decided participant already cast its one ballot-0 vote
                 value = PREPARED if vote == "yes" else ABORTED
-                self.paxos.nursery.start_soon(self._send_vote, txid, group.name, value, participants, leader,
-                                              protocol == "fast-paxos-commit", hop + 1)
+                self.paxos.nursery.start_soon(self._send_vote, txid, group.name, value, reason, participants,
+                                              leader, protocol == "fast-paxos-commit", hop + 1)
         else:
             self.tracer.sent(txid, "vote", leader, hop + 1)
         if vote == "yes":
             return {"vote": "yes"}
-        return {"vote": "no", "reason": vote[1]}
+        return {"vote": "no", "reason": reason}
 
-    async def _send_vote(self, txid: str, shard: str, value: str, participants: tuple[str, ...], leader: str,
-                         fast: bool, hop: int) -> None:
+    async def _send_vote(self, txid: str, shard: str, value: str, reason: str, participants: tuple[str, ...],
+                         leader: str, fast: bool, hop: int) -> None:
         await self.hooks.checkpoint("participant.before_2a", txid)
-        self.paxos.send_vote(txid, shard, value, participants, leader, fast, hop)
+        self.paxos.send_vote(txid, shard, value, reason, participants, leader, fast, hop)
 
     # -- Paxos Commit: acceptors, leader, fast participants ----------------------------
 
@@ -383,12 +448,13 @@ class NodeService:
         value = params.get("value")
         if value not in (PREPARED, ABORTED):
             raise InvalidRequest("value must be 'prepared' or 'aborted'")
-        participants = self._shards(params.get("participants"), "participants")
+        reason = self._reason(params.get("reason", "")) if value == ABORTED else ""
+        participants = self._participants_of(txid, params.get("participants"))
         if shard not in participants:
             raise InvalidRequest(f"{shard} is not among the participants")
         leader = self._node_id(params.get("leader"), "leader")
         fast = params.get("fast") is True
-        await self.paxos.on_phase2a(txid, shard, value, participants, leader, fast, self._hop(params))
+        await self.paxos.on_phase2a(txid, shard, value, reason, participants, leader, fast, self._hop(params))
         return {}
 
     async def paxos_phase2b(self, params: dict[str, Any]) -> dict[str, Any]:
@@ -398,15 +464,20 @@ class NodeService:
             raise InvalidRequest(f"{acceptor!r:.40} is not an acceptor")
         ballot = self._ballot(params.get("ballot"))
         values = self._votes(params.get("values"), "values")
+        raw_reasons = params.get("reasons", {})
+        if not isinstance(raw_reasons, dict):
+            raise InvalidRequest("reasons must map shard names to strings")
+        reasons = {self._shard_name(k): self._reason(v) for k, v in raw_reasons.items() if values.get(k) == ABORTED}
         self._manager(txid)  # only the coordinator group's leader takes 2b messages
-        self._deliver_phase2b(txid, acceptor, ballot, values, self._hop(params))
+        self._deliver_phase2b(txid, acceptor, ballot, values, self._hop(params), reasons)
         return {}
 
-    def _deliver_phase2b(self, txid: str, acceptor: str, ballot: Ballot, values: dict[str, str], hop: int) -> None:
+    def _deliver_phase2b(self, txid: str, acceptor: str, ballot: Ballot, values: dict[str, str], hop: int,
+                         reasons: dict[str, str]) -> None:
         manager = self.managers.get(authority_of(txid)[0])
         if manager is not None:
             manager.deliver(txid, Phase2b(now=trio.current_time(), acceptor=acceptor, ballot=ballot, values=values),
-                            hop)
+                            hop, reasons)
 
     async def paxos_learn(self, params: dict[str, Any]) -> dict[str, Any]:
         txid, group = self._participant(params)
@@ -416,7 +487,7 @@ class NodeService:
         if self._ballot(params.get("ballot")) != BALLOT_ZERO:
             raise InvalidRequest("participants learn from ballot-0 bundles only")
         values = self._votes(params.get("values"), "values")
-        participants = self._shards(params.get("participants"), "participants")
+        participants = self._participants_of(txid, params.get("participants"))
         outcome = await self._within_request_timeout(
             "paxos.learn", lambda: self.paxos.on_learn(txid, group.name, acceptor, values, participants), True)
         return {"outcome": outcome}
@@ -425,8 +496,11 @@ class NodeService:
         self._acceptor_here()
         txid = check_txid(params.get("txid"))
         ballot = self._ballot(params.get("ballot"))
-        participants = self._shards(params.get("participants"), "participants")
-        return await self.paxos.on_phase1a(txid, ballot, participants)
+        participants = self._participants_of(txid, params.get("participants"))
+        instances = self._shards(params.get("instances"), "instances")
+        if not set(instances) <= set(participants):
+            raise InvalidRequest(f"instances {instances} are not all participants of {txid}")
+        return await self.paxos.on_phase1a(txid, ballot, instances)
 
     async def paxos_accept(self, params: dict[str, Any]) -> dict[str, Any]:
         self._acceptor_here()
@@ -477,8 +551,7 @@ class NodeService:
         """What the shard holds for txid, without fencing it: for demonstrations and operators."""
         txid, group = self._participant(params)
         await self._within_request_timeout(group.name, group.read_barrier, False)
-        machine = group.machine
-        assert isinstance(machine, ShardState)
+        machine = self._shard_state(group)
         prepared = machine.prepared.get(txid)
         if prepared is not None and authority_of(txid)[0] in THREE_PHASE:
             return {"state": PREPARED, "phase": prepared.phase, "promised": list(prepared.promised)}

@@ -36,7 +36,9 @@ Concurrency control is optimistic, validated at prepare (DESIGN.md section 6):
     precommitted and preaborted never turn into each other. Each answers
     ``(state, promised round)``.
 ``put`` / ``delete``  single-key writes; they fail with ``Conflict`` on a
-    locked key instead of breaking a prepared transaction's isolation.
+    locked key instead of breaking a prepared transaction's isolation, and
+    change nothing then (so a retry of the same session command runs again:
+    ``consensus.sessions``).
 
 A participant never decides a prepared transaction on its own: only
 ``commit`` or ``abort`` from the outcome of the coordinator ends it; the
@@ -107,9 +109,14 @@ class ShardState:
         return self.cells.get(key, ABSENT)
 
     def writer_of(self, key: bytes) -> str | None:
-        """The prepared transaction that holds the exclusive lock on ``key``, if any."""
+        """The prepared transaction that holds the exclusive lock on ``key``, if any: what a read waits on."""
         lock = self.locks.get(key)
         return lock.exclusive if lock is not None else None
+
+    def holder_of(self, key: bytes) -> str | None:
+        """A prepared transaction holding any lock on ``key``, if any: what a single-key write waits on."""
+        lock = self.locks.get(key)
+        return lock.held_by_other("") if lock is not None else None
 
     def live_keys(self) -> int:
         return sum(1 for cell in self.cells.values() if cell.value is not None)
@@ -160,8 +167,7 @@ class ShardState:
                 raise InvalidRequest(f"unknown shard command {command!r:.80}")
 
     def _check_unlocked(self, key: bytes) -> None:
-        lock = self.locks.get(key)
-        holder = lock.held_by_other("") if lock is not None else None
+        holder = self.holder_of(key)
         if holder is not None:
             raise Conflict(f"key {key!r:.60} is locked by transaction {holder}", txid=holder)
 

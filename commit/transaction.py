@@ -22,8 +22,9 @@ the client until commit. At commit, the shards touched are the participants:
   each shard's PREPARE validates the reads and takes the locks in one
   replicated command.
 
-A commit ends in success, ``Conflict`` (nothing was committed: retry), or
-``CommitUnknown`` (it may have been: ``await db.status(exc.txid)``). ``run``
+A commit ends in success, ``Conflict`` (nothing was committed: retry; its
+message says which shard voted no, and why), or ``CommitUnknown`` (it may
+have been: ``await db.status(exc.txid, exc.participants)``). ``run``
 resolves ``CommitUnknown`` itself by asking for the status, so a body is
 never committed twice.
 """
@@ -125,11 +126,11 @@ class Transaction:
                 return
             if len(participants) == 1:
                 [(shard, payload)] = participants.items()
-                self.txid = new_txid(self.protocol, shard)
+                self.txid = new_txid(self.protocol, shard=shard)
                 await self._settle(self.db.call_group(
                     shard, "txn.commit_one", {"txid": self.txid, "shard": shard, **payload}))
             else:
-                self.txid = new_txid(self.protocol)
+                self.txid = new_txid(self.protocol, self.participants)
                 params = {"txid": self.txid, "participants": participants}
                 if self.protocol in COORDINATED_BY_NODE:
                     call = self.db.call_node(self.db.config.twopc_coordinator, "txn.commit", params,

@@ -1,27 +1,52 @@
-"""Transaction ids: unique forever, and they say who knows their outcome.
+"""Transaction ids: unique forever, they say who knows their outcome, and they bind their participants.
 
-A txid is ``"<protocol>:<32 hex digits>"`` for a multi-shard transaction and
-``"1pc:<shard>:<32 hex digits>"`` for a single-shard one. 128 random bits
-never repeat across restarts; the prefix tells an in-doubt participant or a
-status query whom to ask (the 2pc/3pc coordinator node, the coordinator group,
-or the one shard). A txid that lies about its prefix cannot break safety:
-every authority fences an unknown txid as aborted before answering.
+A txid is ``"<protocol>:<32 hex digits>.<16 hex digits>"`` for a multi-shard
+transaction and ``"1pc:<shard>:<32 hex digits>"`` for a single-shard one.
+128 random bits never repeat across restarts; the prefix tells an in-doubt
+participant or a status query whom to ask (the 2pc/3pc coordinator node, the
+coordinator group, or the one shard). A txid that lies about its prefix
+cannot break safety: every authority fences an unknown txid as aborted
+before answering.
+
+The suffix of a multi-shard txid is a digest of its random part and its
+participant set, made by the client when it commits. Every node checks a
+participant list it is handed (a commit, a PREPARE, a Paxos message, a status
+question) against it, so the participant set of a transaction is the one its
+client committed, everywhere: a status question that names only some of the
+participants can never make a recovering leader decide over those alone
+(issue 9.1: a Paxos Commit leader that recovered "every instance" of a
+caller's list committed half a transaction).
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
+from collections.abc import Iterable
 
 from consensus.errors import InvalidRequest
 
 ONE_PHASE = "1pc"
-_TXID = re.compile(r"(2pc|raft-2pc|paxos-commit|fast-paxos-commit|3pc|3pc-quorum|1pc:shard-\d{1,4}):[0-9a-f]{32}")
+NONCE_BYTES = 16
+DIGEST_BYTES = 8
+_TXID = re.compile(
+    r"(?:(2pc|raft-2pc|paxos-commit|fast-paxos-commit|3pc|3pc-quorum):([0-9a-f]{32})\.([0-9a-f]{16}))"
+    r"|(?:1pc:shard-\d{1,4}:[0-9a-f]{32})"
+)
 
 
-def new_txid(protocol: str, shard: str | None = None) -> str:
-    prefix = f"{ONE_PHASE}:{shard}" if shard is not None else protocol
-    return f"{prefix}:{os.urandom(16).hex()}"
+def _digest(protocol: str, nonce: str, participants: Iterable[str]) -> str:
+    text = "\n".join([protocol, nonce, *sorted(participants)])
+    return hashlib.blake2b(text.encode(), digest_size=DIGEST_BYTES).hexdigest()
+
+
+def new_txid(protocol: str, participants: Iterable[str] = (), shard: str | None = None) -> str:
+    """A fresh txid: one-phase on ``shard``, or a multi-shard one bound to ``participants``."""
+    nonce = os.urandom(NONCE_BYTES).hex()
+    if shard is not None:
+        return f"{ONE_PHASE}:{shard}:{nonce}"
+    return f"{protocol}:{nonce}.{_digest(protocol, nonce, participants)}"
 
 
 def check_txid(txid: object) -> str:
@@ -36,3 +61,21 @@ def authority_of(txid: str) -> tuple[str, str | None]:
     if head.startswith(ONE_PHASE + ":"):
         return ONE_PHASE, head.split(":", 1)[1]
     return head, None
+
+
+def are_participants_of(txid: str, participants: Iterable[str]) -> bool:
+    """Whether ``participants`` (no repeats) is exactly the set txid was committed with."""
+    names = list(participants)
+    match = _TXID.fullmatch(txid)
+    if match is None or match.group(1) is None or len(set(names)) != len(names):
+        return False
+    protocol, nonce, digest = match.group(1, 2, 3)
+    return _digest(protocol, nonce, names) == digest
+
+
+def check_participants(txid: str, participants: Iterable[str]) -> tuple[str, ...]:
+    """``participants`` sorted, or InvalidRequest if they are not txid's own."""
+    names = tuple(sorted(participants))
+    if not are_participants_of(txid, names):
+        raise InvalidRequest(f"{', '.join(names)} are not the participants {txid} was committed with")
+    return names

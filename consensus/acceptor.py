@@ -49,8 +49,14 @@ class Acceptor:
         await self.log.persist([(list(i), *self.state.record(i)) for i in dirty])
         return len(dirty)
 
-    async def promise(self, ballot: Ballot, instances: list[Any]) -> tuple[bool, dict[Any, tuple[Ballot | None, Any]]]:
-        """Phase 1b for several instances at once, durable before it returns."""
+    async def promise(
+        self, ballot: Ballot, instances: list[Any]
+    ) -> tuple[bool, dict[Any, tuple[Ballot | None, Any]], Ballot]:
+        """Phase 1b for several instances at once, durable before it returns.
+
+        Returns whether every instance promised ``ballot``, what each had accepted, and the highest
+        promise now held among them (``ballot`` itself when all promised, a higher one otherwise).
+        """
         promised = True
         accepted: dict[Any, tuple[Ballot | None, Any]] = {}
         for instance in instances:
@@ -60,7 +66,8 @@ class Acceptor:
                 self._dirty.add(instance)
             accepted[instance] = (acc_ballot, value)
         await self.persist(instances)
-        return promised, accepted
+        highest = max((self.state.get(i).promised for i in instances), default=ballot)
+        return promised, accepted, highest
 
     async def accept(self, ballot: Ballot, values: dict[Any, Any]) -> dict[Any, Any]:
         """Phase 2b for several instances at once, durable before it returns: the ones accepted."""

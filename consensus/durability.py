@@ -14,9 +14,21 @@
           them at once. It costs one disk sync per append on every replica.
 
 Both modes also stop PySyncObj 0.3.17's followers from deleting entries they
-already acknowledged (``CompactionSafeJournal``: truncate only at a
-conflicting entry, as Raft says), and close two windows in which it loses
-committed entries when a node is killed during log compaction:
+already acknowledged, in two ways:
+
+* at a re-send of entries they hold (``CompactionSafeJournal``: truncate only
+  at a conflicting entry, as Raft says);
+* at a stale snapshot (``SnapshotReceiver``): a snapshot whose last entry the
+  follower's log already holds, or that predates the follower's own, is
+  discarded instead of clearing the whole journal, as Raft section 7 says;
+  and none is installed while the replica writes its own snapshot.
+
+A follower's commit index rises only over the entries a leader's message
+carried (``DurableSyncObj``, Raft Figure 2), not to the end of its log, so it
+never applies an entry it was not shown to share with the leader.
+
+Both modes also close two windows in which PySyncObj loses committed
+entries when a node is killed during log compaction:
 
 * after compaction's forked child has renamed the new snapshot into place,
   and before the journal is truncated to start at the snapshot point,
@@ -28,27 +40,32 @@ committed entries when a node is killed during log compaction:
   one by one; ``CompactionSafeJournal`` writes them to a new file and renames
   it over the old one, so a crash leaves either journal, whole.
 
-PySyncObj offers no hook for any of this, so journal classes are swapped in
-while a group is constructed (``journal_factory``), the snapshot rename is
-wrapped (``install_snapshot_sync``) and the journal is repaired before the
-group starts. All of it is confined to this module.
+PySyncObj offers no hook for any of this, so the journal and serializer
+classes are swapped in while a replica is constructed (``DurableSyncObj``),
+the snapshot rename is wrapped (``install_snapshot_sync``) and the journal is
+repaired before the group starts. All of it is confined to this module.
 """
 
 from __future__ import annotations
 
 import gzip
+import logging
 import os
-import pickle
 import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any
 
 import pysyncobj.journal as ps_journal
+import pysyncobj.pickle as ps_pickle
 import pysyncobj.serializer as ps_serializer
 import pysyncobj.syncobj as ps_syncobj
 
+from consensus.raft_log_filter import install_raft_log_filter
 from consensus.settings import Durability
+
+log = logging.getLogger(__name__)
+
+Entry = tuple[bytes, int, int]  # PySyncObj's (command, index, term)
 
 
 def _fsync_path(path: str) -> None:
@@ -102,13 +119,19 @@ class CompactionSafeJournal(ps_journal.FileJournal):
     ``deleteEntriesFrom`` only remembers where the next appends go, and each ``add`` there either
     matches the entry in place (same index and term: the same entry, by Log Matching) and changes
     nothing, or conflicts and truncates there first.
+
+    A conflict at or below the last applied index (``last_applied``, read from the replica) would replace
+    an entry this replica's state machine has already executed: Raft's State Machine Safety is broken
+    and the replica has diverged. PySyncObj's own alarm for it fires on every harmless re-send
+    (``consensus.raft_log_filter``), so the journal raises the real one.
     """
 
     synced = False
 
-    def __init__(self, journal_file: str) -> None:
+    def __init__(self, journal_file: str, last_applied: Callable[[], int]) -> None:
         super().__init__(journal_file)
         self._path = journal_file
+        self._last_applied = last_applied
         self._overwrite_at: int | None = None
 
     def deleteEntriesFrom(self, entryFrom: int) -> None:  # noqa: N802,N803 (PySyncObj's names)
@@ -126,9 +149,37 @@ class CompactionSafeJournal(ps_journal.FileJournal):
                 if entries[at][2] == term:
                     self._overwrite_at = at + 1
                     return
-                super().deleteEntriesFrom(at)
+                self._truncate_at_conflict(at, term)
             self._overwrite_at = None
         super().add(command, idx, term)
+
+    def _truncate_at_conflict(self, at: int, term: int) -> None:
+        _, idx, held_term = self._FileJournal__journal[at]  # type: ignore[has-type]
+        applied = self._last_applied()
+        if idx <= applied:
+            log.critical(
+                "journal %s: the leader replaces entry %d (term %d) with one of term %d, but this replica has "
+                "already applied every entry up to %d: its state has diverged from the group's. Stop this "
+                "node and rebuild this replica from the others (docs/OPERATIONS.md, Durability)",
+                self._path, idx, held_term, term, applied)
+        super().deleteEntriesFrom(at)
+
+    def needs_snapshot(self, last_index: int, last_term: int) -> bool:
+        """Whether installing a snapshot that ends at entry ``(last_index, last_term)`` adds anything.
+
+        Raft section 7 (InstallSnapshot, receiver steps 6-7): if the log holds an entry with the
+        snapshot's last index and term, keep the log; the snapshot's state is the prefix of it this
+        replica has or will have applied. A snapshot ending before the log starts is older than this
+        replica's own (the log starts at its own snapshot point, applied, hence committed). Only a
+        snapshot ending past the log, or at an entry of another term (uncommitted here), is news.
+        """
+        entries = self._FileJournal__journal  # type: ignore[has-type]
+        first, end = entries[0][1], entries[-1][1]
+        if last_index > end:
+            return True
+        if last_index < first:
+            return False
+        return bool(entries[last_index - first][2] != last_term)
 
     def deleteEntriesTo(self, entryTo: int) -> None:  # noqa: N802,N803 (PySyncObj's names)
         self._overwrite_at = None
@@ -145,8 +196,8 @@ class SyncedFileJournal(CompactionSafeJournal):
 
     synced = True
 
-    def __init__(self, journal_file: str) -> None:
-        super().__init__(journal_file)
+    def __init__(self, journal_file: str, last_applied: Callable[[], int]) -> None:
+        super().__init__(journal_file, last_applied)
         self._FileJournal__metaStorer = _SyncedMetaStorer(journal_file + ".meta")
 
     def add(self, command: bytes, idx: int, term: int) -> None:
@@ -158,24 +209,140 @@ class SyncedFileJournal(CompactionSafeJournal):
         self.flush()
 
 
+def _snapshot_anchors(path: str) -> tuple[Entry, Entry]:
+    """The last two entries a snapshot file covers: ``(before last, last)``.
+
+    PySyncObj's Serializer writes a gzipped pickle of ``(state, last entry, the one before, cluster)``
+    (serializer.py ``serialize``, syncobj.py ``__tryLogCompaction``).
+    """
+    with open(path, "rb") as f, gzip.GzipFile(fileobj=f) as g:
+        snapshot = ps_pickle.load(g)
+    return snapshot[2], snapshot[1]
+
+
+class SnapshotReceiver(ps_serializer.Serializer):
+    """PySyncObj's Serializer, except that a received snapshot is installed only when it adds something.
+
+    A PySyncObj 0.3.17 follower installs every snapshot it receives: ``setTransmissionData`` renames it
+    over the dump, then ``__loadDumpFile(clearJournal=True)`` clears the whole journal and keeps only the
+    snapshot's last two entries (syncobj.py ``__onMessageReceived``, 'append_entries'). The leader sends
+    one whenever its next index for the follower is at or below its own log start, and a stale
+    ``next_node_idx`` reply (to a message sent before the follower caught up) moves that index back;
+    the leader's match index for the follower does not move back. So a follower that acknowledged entries
+    after the snapshot point lost them while the leader still counted its copy: with one replica down, a
+    committed entry was then on the leader alone. Refused here, as Raft section 7 says (the journal
+    decides: ``CompactionSafeJournal.needs_snapshot``).
+
+    Also refused while this replica writes its own snapshot. Its forked child renames its dump when it
+    is done and PySyncObj then cuts the journal up to that child's point (``__tryLogCompaction``): after
+    an install in between, the cut emptied the journal (IndexError on every tick), and the two renames
+    raced for the dump, which could then predate the journal, which PySyncObj throws away at restart.
+
+    Refusing costs nothing: when the leader sends the last chunk it moves its next index past the
+    snapshot point and goes on with the entries after it (``__sendAppendEntries``). A replica that holds
+    that point appends them as usual; one that does not (its own snapshot is newer, or it was writing
+    one) answers with its own next index, and the leader sends a snapshot again if it still needs one.
+    """
+
+    def __init__(self, journal: CompactionSafeJournal, *args: Any) -> None:
+        super().__init__(*args)
+        self._journal = journal
+
+    def setTransmissionData(self, data: tuple[bytes, bool, bool] | None) -> bool:  # noqa: N802 (PySyncObj's name)
+        if data is None or not data[2]:
+            return bool(super().setTransmissionData(data))
+        chunk, is_first, _ = data
+        super().setTransmissionData((chunk, is_first, False))  # writes the final bytes, keeps the file open
+        incoming = self._Serializer__incomingTransmissionFile  # type: ignore[has-type]
+        if incoming is None:  # PySyncObj could not write it (and said so), or missed the first chunk
+            return False
+        incoming.flush()
+        received = self._Serializer__fileName + ".1.tmp"  # PySyncObj's name for the incoming snapshot
+        refusal = self._refusal(received)
+        if refusal is None:
+            return bool(super().setTransmissionData((b"", False, True)))  # close, rename over the dump
+        incoming.close()
+        self._Serializer__incomingTransmissionFile = None
+        os.remove(received)
+        log.info("%s: kept this replica's log, discarded the leader's snapshot: %s",
+                 self._Serializer__fileName, refusal)
+        return False
+
+    def _refusal(self, received: str) -> str | None:
+        if self._Serializer__pid != 0:
+            return "this replica is writing its own snapshot (the leader sends it again if still needed)"
+        try:
+            _, (_, index, term) = _snapshot_anchors(received)
+        except Exception as exc:
+            log.error("%s: the leader's snapshot cannot be read: %r", self._Serializer__fileName, exc)
+            return "it cannot be read"
+        if self._journal.needs_snapshot(index, term):
+            return None
+        return f"the log already holds or has applied its last entry, {index} (term {term})"
+
+
 _construct_lock = threading.Lock()
 
 
-@contextmanager
-def journal_factory(durability: Durability) -> Iterator[None]:
-    """While constructing a SyncObj, make it create the journal this mode needs."""
-    journal_class = SyncedFileJournal if durability is Durability.FSYNC else CompactionSafeJournal
+class DurableSyncObj(ps_syncobj.SyncObj):
+    """A PySyncObj replica whose journal and snapshot receiver are this module's.
 
-    def create(journal_file: str | None = None) -> Any:
-        return ps_journal.MemoryJournal() if journal_file is None else journal_class(journal_file)
+    PySyncObj creates both inside ``SyncObj.__init__`` from the names ``createJournal`` and
+    ``Serializer`` of pysyncobj.syncobj and offers no other hook, so they are swapped while one replica
+    is constructed (under a lock: replicas of several groups start in one process). The journal reads
+    the replica's last applied index, which ``__init__`` sets right after creating the journal and
+    before the tick thread can deliver a message.
+    """
 
-    with _construct_lock:
-        original: Callable[..., Any] = ps_syncobj.createJournal
-        ps_syncobj.createJournal = create
-        try:
-            yield
-        finally:
-            ps_syncobj.createJournal = original
+    def __init__(
+        self, self_node: str, other_nodes: list[str], conf: Any, consumers: list[Any], durability: Durability
+    ) -> None:
+        if conf.journalFile is None or conf.fullDumpFile is None:
+            raise ValueError("a replica needs both journalFile and fullDumpFile (DESIGN.md section 5)")
+        journal_class = SyncedFileJournal if durability is Durability.FSYNC else CompactionSafeJournal
+        journals: list[CompactionSafeJournal] = []
+
+        def create_journal(journal_file: str) -> CompactionSafeJournal:
+            journals.append(journal_class(journal_file, lambda: int(self.raftLastApplied)))
+            return journals[-1]
+
+        def create_serializer(*args: Any) -> SnapshotReceiver:
+            return SnapshotReceiver(journals[-1], *args)
+
+        with _construct_lock:
+            install_raft_log_filter()
+            originals = ps_syncobj.createJournal, ps_syncobj.Serializer
+            ps_syncobj.createJournal, ps_syncobj.Serializer = create_journal, create_serializer
+            try:
+                super().__init__(self_node, other_nodes, conf=conf, consumers=consumers)
+            finally:
+                ps_syncobj.createJournal, ps_syncobj.Serializer = originals
+
+    def _SyncObj__onMessageReceived(self, node: Any, message: dict[str, Any]) -> None:  # noqa: N802
+        """A follower's commit index rises only as far as this message showed its log to match the leader's.
+
+        Raft (Figure 2, AppendEntries step 5): commitIndex = min(leaderCommit, index of last new entry).
+        PySyncObj 0.3.17 takes the end of the whole log instead (syncobj.py ``__onMessageReceived``,
+        'append_entries'), and does so for snapshot chunks too, which show nothing. Its own journal cut
+        the log after the message's entries, so the end was the last new entry except on snapshot chunks;
+        ``CompactionSafeJournal`` keeps what follows them, which may be an old term's entries that were
+        never committed. Either way the follower applied them, and then an older snapshot or a conflict
+        could no longer be told from real divergence. So after PySyncObj has handled the message, its
+        rise is cut back to the last entry the message carried, or for a snapshot to nothing but the
+        snapshot point (an install sets the last applied index to it).
+        """
+        before = self.raftCommitIndex
+        super()._SyncObj__onMessageReceived(node, message)
+        if message.get("type") != "append_entries" or self.raftCommitIndex <= before:
+            return
+        if "prevLogIdx" in message:
+            carried = 1 if message.get("transmission") == "finish" else len(message.get("entries", []))
+            verified = message["prevLogIdx"] + carried
+        else:
+            verified = self.raftLastApplied
+        if self.raftCommitIndex > max(before, verified):
+            self._SyncObj__raftCommitIndex = max(before, verified)
+            self._SyncObj__raftLog.setRaftCommitIndex(self._SyncObj__raftCommitIndex)
 
 
 def align_journal_with_snapshot(journal_path: str, dump_path: str, durability: Durability) -> int:
@@ -187,9 +354,7 @@ def align_journal_with_snapshot(journal_path: str, dump_path: str, durability: D
     if not (os.path.isfile(journal_path) and os.path.isfile(dump_path)):
         return 0
     try:
-        with open(dump_path, "rb") as f, gzip.GzipFile(fileobj=f) as g:
-            snapshot = pickle.load(g)
-        before_last, last = snapshot[2], snapshot[1]
+        before_last, last = _snapshot_anchors(dump_path)
     except Exception:  # PySyncObj reports an unreadable snapshot itself
         return 0
     journal = ps_journal.FileJournal(journal_path)

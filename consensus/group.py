@@ -32,15 +32,14 @@ from contextlib import contextmanager
 from typing import Any, Protocol
 
 import trio
-from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, SyncObjConsumer, replicated
+from pysyncobj import FAIL_REASON, SyncObjConf, SyncObjConsumer, replicated
 
-from consensus.durability import align_journal_with_snapshot, install_snapshot_sync, journal_factory
+from consensus.durability import DurableSyncObj, align_journal_with_snapshot, install_snapshot_sync
 from consensus.errors import (
     ClusterError,
     InternalError,
     InvalidRequest,
     NotLeader,
-    SessionExpired,
     Unavailable,
     error_from_wire,
 )
@@ -67,27 +66,24 @@ class _ReplicatedState(SyncObjConsumer):
         self.sessions = SessionTable(max_sessions)
 
     @replicated
-    def execute(self, session: tuple[bytes, int, int] | None, command: Any) -> tuple[str, Any]:
+    def execute(self, session: tuple[int, int, int] | None, command: Any) -> tuple[str, Any]:
         try:
-            ref = SessionRef(*session) if session is not None else None
-            if ref is not None:
-                state, first = self.sessions.lookup(ref)
-                if state == "done":
-                    return first
-                if state == "expired":
-                    return "err", SessionExpired(
-                        f"session of client {ref.client_id.hex()} no longer holds seq {ref.seq}"
-                    ).to_wire()
-            try:
-                outcome: tuple[str, Any] = ("ok", self.machine.apply(command))
-            except ClusterError as exc:
-                outcome = ("err", exc.to_wire())
-            if ref is not None:
-                self.sessions.record(ref, outcome)
-            return outcome
+            if session is None:
+                return self._apply(command)
+            return self.sessions.run(SessionRef(*session), lambda: self._apply(command))
         except Exception as exc:  # never let a replicated method raise: it wedges the group
             log.exception("state machine failed on %r", command)
             return "err", InternalError(f"state machine failed: {exc!r}").to_wire()
+
+    def _apply(self, command: Any) -> tuple[str, Any]:
+        try:
+            return "ok", self.machine.apply(command)
+        except ClusterError as exc:
+            return "err", exc.to_wire()
+
+    @replicated
+    def open_session(self) -> int:
+        return self.sessions.open()
 
     @replicated
     def barrier(self) -> None:
@@ -147,8 +143,7 @@ class ReplicaGroup:
         if dropped:
             log.warning("%s: journal predated its snapshot (a crash during compaction); "
                         "dropped %d entries already in the snapshot", spec.name, dropped)
-        with journal_factory(spec.durability):
-            self._syncobj = SyncObj(self_addr, others, conf=conf, consumers=[self._state])
+        self._syncobj = DurableSyncObj(self_addr, others, conf, [self._state], spec.durability)
         self._next_batch = _Batch()
         self._barrier_in_flight = False
 
@@ -188,6 +183,18 @@ class ReplicaGroup:
         return on_result
 
     async def propose(self, command: Any, session: SessionRef | None = None) -> Any:
+        wire_session = (session.session_id, session.seq, session.low_water) if session else None
+        kind, value = await self._replicate(self._state.execute, wire_session, command)
+        if kind == "err":
+            raise error_from_wire(value)
+        return value
+
+    async def open_session(self) -> int:
+        """A new exactly-once session in this group (``consensus.sessions``); may be lost, then retried."""
+        return int(await self._replicate(self._state.open_session))
+
+    async def _replicate(self, method: Any, *args: Any) -> Any:
+        """Run a replicated method of the state on every replica; its result, or the fail reason as an error."""
         done = trio.Event()
         box: list[tuple[Any, int]] = []
 
@@ -195,16 +202,12 @@ class ReplicaGroup:
             box.append((result, reason))
             done.set()
 
-        wire_session = (session.client_id, session.seq, session.low_water) if session else None
-        self._state.execute(wire_session, command, callback=self._deliver_to_trio(deliver))
+        method(*args, callback=self._deliver_to_trio(deliver))
         await done.wait()
         result, reason = box[0]
         if reason != FAIL_REASON.SUCCESS:
             raise _fail_reason_error(reason, self.name)
-        kind, value = result
-        if kind == "err":
-            raise error_from_wire(value)
-        return value
+        return result
 
     async def read_barrier(self) -> None:
         batch = self._next_batch

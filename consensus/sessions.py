@@ -2,8 +2,23 @@
 
 PySyncObj reports ``LEADER_CHANGED``, ``UNKNOWN_OUTCOME`` or simply times out
 for commands that may nevertheless be applied later. Clients therefore retry
-with the same ``(client_id, seq)``, and this table, kept *inside* the
+with the same ``(session, seq)``, and this table, kept *inside* the
 replicated state, returns the first result instead of applying twice.
+
+Sessions are registered explicitly, as the thesis does: ``open`` hands out a
+session number the table never hands out again (a counter in the replicated
+state), and a command under a number the table does not hold is refused
+with ``SessionExpired``, never taken as new. That is what keeps a late retry
+of a client's first command from being applied a second time after its
+session was evicted (issue 9.6): an evicted session is simply unknown, and
+an unknown session is never new. A client whose session expired opens a new
+one and carries on.
+
+Only a command that was applied is remembered. One that the state machine
+refused (a ``ClusterError``: a conflict on a locked key, a bad command)
+changed nothing, so a retry with the same seq runs again instead of getting
+the refusal back for ever (issue 9.2: a put on a key a transaction held
+failed after its whole deadline although the lock was released at once).
 
 Memory stays bounded two ways, both deterministic (the table is part of the
 replicated state, so every replica must evict the same entries):
@@ -12,62 +27,91 @@ replicated state, so every replica must evict the same entries):
   number it still awaits. Results below it were received and are dropped,
   and the table keeps the highest ``low_water`` seen, so a late duplicate of
   a dropped command is refused (``SessionExpired``) instead of re-applied;
-* at most ``max_sessions`` clients are remembered, least recently used
-  evicted first. A later command of an evicted client that could be a retry
-  (``seq`` at or above an unknown ``low_water`` > 1) is refused with
-  ``SessionExpired`` rather than risk applying it twice.
+* at most ``max_sessions`` sessions are remembered, least recently used
+  evicted first.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+from consensus.errors import SessionExpired
+
+Outcome = tuple[str, Any]  # ("ok", result) or ("err", error in wire form)
 
 
 @dataclass(frozen=True, slots=True)
 class SessionRef:
-    """Who sent a command, and which of their commands it is."""
+    """Which session sent a command (a number from ``SessionTable.open``), and which of its commands it is."""
 
-    client_id: bytes
+    session_id: int
     seq: int
     low_water: int
 
 
 @dataclass(slots=True)
 class _Session:
-    low_water: int  # the highest low_water this client has sent: everything below was answered
-    results: dict[int, Any]
+    low_water: int  # the highest low_water this session has sent: everything below was answered
+    results: dict[int, Outcome]
 
 
 class SessionTable:
     def __init__(self, max_sessions: int) -> None:
         self.max_sessions = max_sessions
-        self._sessions: OrderedDict[bytes, _Session] = OrderedDict()
+        self._sessions: OrderedDict[int, _Session] = OrderedDict()
+        self._next_id = 1
 
     def __len__(self) -> int:
         return len(self._sessions)
 
-    def lookup(self, ref: SessionRef) -> tuple[str, Any]:
-        """Return ``("new", None)``, ``("done", first_result)`` or ``("expired", None)``."""
-        session = self._sessions.get(ref.client_id)
+    def open(self) -> int:
+        """Register a new session; its number is never handed out again."""
+        session_id = self._next_id
+        self._next_id += 1
+        self._sessions[session_id] = _Session(1, {})
+        self._evict()
+        return session_id
+
+    def lookup(self, ref: SessionRef) -> tuple[str, Outcome | None]:
+        """Return ``("new", None)``, ``("done", first_outcome)`` or ``("expired", None)``."""
+        session = self._sessions.get(ref.session_id)
         if session is None:
-            return ("expired", None) if ref.low_water > 1 else ("new", None)
+            return "expired", None  # evicted, or never opened: either way it may not be new
         if ref.seq in session.results:
             return "done", session.results[ref.seq]
         if ref.seq < session.low_water:
             return "expired", None  # a late duplicate of a command whose result was trimmed
         return "new", None
 
-    def record(self, ref: SessionRef, result: Any) -> None:
-        session = self._sessions.pop(ref.client_id, None)
-        if session is None:
-            session = _Session(ref.low_water, {})
-        elif ref.low_water > session.low_water:
+    def run(self, ref: SessionRef, apply: Callable[[], Outcome]) -> Outcome:
+        """Apply a session's command at most once: the first outcome it had, or ``apply()`` now."""
+        state, first = self.lookup(ref)
+        if state == "done":
+            assert first is not None
+            return first
+        if state == "expired":
+            return "err", SessionExpired(
+                f"session {ref.session_id} is no longer held for seq {ref.seq} "
+                f"(evicted, or its result trimmed); the command may have been applied"
+            ).to_wire()
+        outcome = apply()
+        self._note(ref, outcome if outcome[0] == "ok" else None)
+        return outcome
+
+    def _note(self, ref: SessionRef, outcome: Outcome | None) -> None:
+        """The session was used: trim below its low water, keep ``outcome`` if applied, mark it recent."""
+        session = self._sessions.pop(ref.session_id)
+        if ref.low_water > session.low_water:
             session.low_water = ref.low_water
             for seq in [s for s in session.results if s < ref.low_water]:
                 del session.results[seq]
-        session.results[ref.seq] = result
-        self._sessions[ref.client_id] = session
+        if outcome is not None:
+            session.results[ref.seq] = outcome
+        self._sessions[ref.session_id] = session
+
+    def _evict(self) -> None:
         while len(self._sessions) > self.max_sessions:
             self._sessions.popitem(last=False)

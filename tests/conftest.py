@@ -45,6 +45,12 @@ def fresh_cluster(tmp_path: Path) -> Iterator[LocalCluster]:
     yield from _started(tmp_path, options={"raft": {"log_compaction_min_entries": 200}})
 
 
+@pytest.fixture
+def hook_cluster(tmp_path: Path) -> Iterator[LocalCluster]:
+    """A 3-node cluster of its own with the test-only fault hooks, whose in-doubt participants ask soon."""
+    yield from _started(tmp_path, options={"transactions": {"fault_hooks": True, "in_doubt_timeout_s": 0.5}})
+
+
 @pytest.fixture(params=["os", "fsync"])
 def durable_cluster(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[LocalCluster]:
     """A cluster of its own in each durability mode, compacting its logs early."""

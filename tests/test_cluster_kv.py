@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import subprocess
 import sys
 import struct
@@ -82,7 +81,8 @@ async def test_retried_put_is_applied_once(shared_cluster: LocalCluster) -> None
     """The first attempt is sent and its connection dropped before the answer; the retry returns the first result."""
     key = b"exactly-once"
     leader = await _shard_leader(shared_cluster, key)
-    session = [os.urandom(16), 1, 1]
+    opened = await shared_cluster.call(leader, "session.open", {"group": shard_group(shard_of(key, 3))})
+    session = [opened["session"], 1, 1]
     params = {"key": key, "value": msgpack.packb("first"), "session": session}
     await _raw_exchange(shared_cluster, leader, _frame([1, "kv.put", params]), wait_s=0)
     node = shared_cluster.config.node(leader)
@@ -178,10 +178,13 @@ def _frame(obj: object) -> bytes:
         ("unknown-method", _frame([7, "kv.explode", {}]), False, "unknown method 'kv.explode'"),
         ("wrong-key-type", _frame([8, "kv.get", {"key": 42}]), False, "key must be str or bytes"),
         ("wrong-value-type", _frame([9, "kv.put", {"key": "bad-input", "value": 3,
-                                                    "session": [b"x" * 16, 1, 1]}]), False, "value must be bytes"),
+                                                    "session": [1, 1, 1]}]), False, "value must be bytes"),
         ("bad-session", _frame([10, "kv.put", {"key": "bad-input", "value": b"\x01",
-                                               "session": [b"short", 1, 1]}]), False, "client_id must be 16 bytes"),
-        ("missing-key", _frame([11, "kv.delete", {"session": [b"x" * 16, 1, 1]}]), False, "missing param 'key'"),
+                                               "session": [b"x" * 16, 1, 1]}]), False, "session id must be"),
+        ("huge-session", _frame([10, "kv.put", {"key": "bad-input", "value": b"\x01",
+                                                "session": [2**64 - 1, 1, 1]}]), False, "session id must be"),
+        ("missing-key", _frame([11, "kv.delete", {"session": [1, 1, 1]}]), False, "missing param 'key'"),
+        ("bad-group", _frame([12, "session.open", {"group": ["coord"]}]), False, "group must name a group"),
     ],
 )
 async def test_bad_input_is_answered_and_changes_nothing(

@@ -462,8 +462,8 @@ async def test_promise_is_durable_before_it_returns(tmp_path):
     acc = Acceptor("a0", path, Durability.OS)
     i0, i1 = ("t", "s0"), ("t", "s1")
     assert acc.accept_now(i0, BALLOT_ZERO, "prepared")  # accepted but not persisted yet
-    promised, accepted = await acc.promise(B1, [i0, i1])
-    assert promised is True
+    promised, accepted, promise = await acc.promise(B1, [i0, i1])
+    assert promised is True and promise == B1
     assert accepted == {i0: (BALLOT_ZERO, "prepared"), i1: (None, None)}
     other = Acceptor("a0", path, Durability.OS)  # the same file, opened afresh: a restart
     assert other.state.instances == acc.state.instances
@@ -475,8 +475,9 @@ async def test_promise_refused_for_one_instance_is_refused_overall(tmp_path):
     acc = Acceptor("a0", tmp_path / "acc.log", Durability.OS)
     i0, i1 = ("t", "s0"), ("t", "s1")
     await acc.promise(B2, [i0])
-    promised, accepted = await acc.promise(B1, [i0, i1])
+    promised, accepted, promise = await acc.promise(B1, [i0, i1])
     assert promised is False
+    assert promise == B2  # what it holds instead: tells a leader it was outbid, and by whom
     assert accepted == {i0: (None, None), i1: (None, None)}
     assert acc.state.get(i0).promised == B2
 
@@ -512,7 +513,7 @@ async def test_restart_keeps_promises_so_a_lower_ballot_is_refused(tmp_path):
 
     again = Acceptor("a0", path, Durability.FSYNC)
     assert again.state.get(inst) == InstanceState(B3, B3, "aborted")
-    assert (await again.promise((3, 0, 1), [inst])) == (True, {inst: (B3, "aborted")})
+    assert (await again.promise((3, 0, 1), [inst])) == (True, {inst: (B3, "aborted")}, (3, 0, 1))
     again.log.close()
 
 

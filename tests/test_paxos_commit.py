@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ import trio
 import commit
 from commit.admin import transaction_trace
 from commit.config import shard_group
-from commit.localcluster import LocalCluster
+from commit.localcluster import LocalCluster, commit_in_background
 from commit.routing import keys_on_each_shard
 from commit.tracing import summarize
 from tests.conftest import _started
@@ -59,15 +60,15 @@ async def test_messages_and_forced_writes_match_the_formulas(quiet_cluster: Loca
 # -- crashes ---------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def hook_cluster(tmp_path: Path) -> Iterator[LocalCluster]:
-    options = {"transactions": {"fault_hooks": True, "in_doubt_timeout_s": 0.5}}
-    yield from _started(tmp_path, options=options)
-
-
 async def _coordinator_state(cluster: LocalCluster, node_id: str, txid: str) -> str | None:
     rows = (await cluster.call(node_id, "node.status", {}))["in_doubt"]
     return next((r["state"] for r in rows if r["txid"] == txid), None)
+
+
+async def _decided_at(cluster: LocalCluster, node_id: str, tx: commit.Transaction) -> bool:
+    """Whether the coordinator core on ``node_id`` has decided tx (and is maybe held there)."""
+    return tx.txid is not None and await _coordinator_state(cluster, node_id, tx.txid) in (
+        "coordinator:decided", "coordinator:done")
 
 
 @pytest.mark.parametrize("protocol", PAXOS)
@@ -82,11 +83,8 @@ async def test_leader_killed_after_the_votes_reached_the_acceptors_commits(
             tx = await cluster.start_held_transfer(db, protocol, "coordinator.after_votes", src, dst, committer,
                                                    until_prepared=protocol == "paxos-commit")
 
-            async def leader_knows() -> bool:
-                state = await _coordinator_state(cluster, leader, tx.txid)
-                return state in ("coordinator:decided", "coordinator:done")
-
-            await cluster.wait_until(leader_knows, 10, "the leader to learn the outcome (and hold)")
+            await cluster.wait_until(partial(_decided_at, cluster, leader, tx), 10,
+                                     "the leader to learn the outcome (and hold)")
             cluster.kill(leader)
             committer.cancel_scope.cancel()
         killed = trio.current_time()
@@ -180,3 +178,109 @@ async def test_two_of_three_acceptors_down_waits_then_finishes(split_cluster: Lo
                     await done.wait()
             assert ((await db.get(src)).value, (await db.get(dst)).value) == (70, 30)
             await cluster.wait_unlocked(within_s=15)
+
+
+# -- status questions never decide over a list the cluster did not record ----------------------------
+
+
+@pytest.fixture
+def patient_cluster(tmp_path: Path) -> Iterator[LocalCluster]:
+    """Fault hooks on, and participants that wait a minute before asking about a transaction in doubt,
+    so that only the test's own status questions reach the new leader."""
+    options = {"transactions": {"fault_hooks": True, "in_doubt_timeout_s": 60.0}}
+    yield from _started(tmp_path, options=options)
+
+
+@pytest.mark.parametrize("protocol", PAXOS)
+async def test_a_status_question_with_part_of_the_participants_never_commits_half(
+    patient_cluster: LocalCluster, protocol: str
+) -> None:
+    """Issue 9.1: shard-1 votes NO, the leader dies after the votes; status(txid, [shard-0]) must not commit."""
+    cluster = patient_cluster
+    src, dst = [k[0] for k in keys_on_each_shard(f"half-{protocol}-", 1, 3)[:2]]
+    leader = (await cluster.leaders())["coord"]
+    async with commit.connect(cluster.config) as db:
+        tx = await cluster.held_transfer(db, protocol, "coordinator.after_votes", src, dst)
+        await db.put(dst, 5)  # the transfer's read of dst is now stale: shard-1 votes NO
+        async with trio.open_nursery() as committer:
+            commit_in_background(tx, committer)
+
+            await cluster.wait_until(partial(_decided_at, cluster, leader, tx), 10,
+                                     "the leader to decide (and hold)")
+            cluster.kill(leader)
+            committer.cancel_scope.cancel()
+        await cluster.wait_ready()
+        asked_about_half = await db.status(tx.txid, participants=(shard_group(0),))
+        assert asked_about_half != "committed", asked_about_half
+        whole = (shard_group(0), shard_group(1))
+
+        async def decided() -> str | None:
+            outcome = await db.status(tx.txid, participants=whole)
+            return outcome if outcome in ("committed", "aborted") else None
+
+        assert await cluster.wait_until(decided, 15, "the outcome over the recorded participants") == "aborted"
+        await cluster.wait_unlocked(within_s=15)
+        assert ((await db.get(src)).value, (await db.get(dst)).value) == (100, 5)
+
+
+@pytest.mark.parametrize("protocol", PAXOS)
+async def test_an_abort_says_which_shard_voted_no_and_why(quiet_cluster: LocalCluster, protocol: str) -> None:
+    """Issue 9.5: a NO vote answered at once is reported as that vote, not as 'votes timed out'."""
+    src, dst = [k[0] for k in keys_on_each_shard(f"why-{protocol}-", 1, 3)[:2]]
+    async with commit.connect(quiet_cluster.config) as db:
+        for attempt in range(5):
+            await db.put(src, 100)
+            await db.put(dst, 0)
+            tx = commit.Transaction(db, protocol)
+            tx.put(src, (await tx.get(src)).value - 30)
+            tx.put(dst, (await tx.get(dst)).value + 30)
+            await db.put(dst, 5)  # stale read on shard-1
+            with pytest.raises(commit.Conflict) as caught:
+                await tx.commit()
+            message = str(caught.value)
+            assert shard_group(1) in message and "voted no" in message and "stale" in message, message
+            assert "timed out" not in message, message
+
+
+PAUSED_VOTE_TIMEOUT_S = 1.5
+
+
+@pytest.fixture
+def pausable_cluster(tmp_path: Path) -> Iterator[LocalCluster]:
+    options = {"transactions": {"fault_hooks": True, "in_doubt_timeout_s": 0.5,
+                                "vote_timeout_s": PAUSED_VOTE_TIMEOUT_S}}
+    yield from _started(tmp_path, options=options)
+
+
+async def _recovery_messages_from(cluster: LocalCluster, node_id: str, txid: str) -> int:
+    events = (await cluster.call(node_id, "node.trace", {"txid": txid}))["events"]
+    return sum(1 for e in events if e["event"] == "message" and e["kind"] == "1a")
+
+
+async def test_a_paused_old_leader_stops_recovering_once_it_no_longer_leads(pausable_cluster: LocalCluster) -> None:
+    """Issue 9.4: an old leader resumed after a higher-rank leader finished the transaction hands over."""
+    cluster = pausable_cluster
+    old, shard0_leader, shard1_leader = "n1", "n3", "n2"  # n1 has the lowest rank among the acceptors
+    await cluster.place_leaders({"coord": old, shard_group(0): shard0_leader, shard_group(1): shard1_leader,
+                                 shard_group(2): shard0_leader})
+    src, dst = [k[0] for k in keys_on_each_shard("paused-", 1, 3)[:2]]
+    await cluster.hold(shard1_leader, "participant.before_2a")  # the old leader keeps waiting for a vote
+    async with commit.connect(cluster.config) as db:
+        async with trio.open_nursery() as committer:
+            tx = await cluster.start_held_transfer(db, "paxos-commit", None, src, dst, committer)
+            assert await _coordinator_state(cluster, old, tx.txid) == "coordinator:collecting"
+            cluster.pause(old)
+            committer.cancel_scope.cancel()
+        paused = trio.current_time()
+        await cluster.wait_unlocked(within_s=20)  # a new leader recovered it from the acceptors
+        print(f"recovered without the paused leader in {trio.current_time() - paused:.1f}s")
+        assert await db.status(tx.txid, participants=(shard_group(0), shard_group(1))) == "aborted"
+        cluster.resume(old)
+        await trio.sleep(3 * PAUSED_VOTE_TIMEOUT_S)  # three of the old leader's vote/recovery timeouts
+        first = await _recovery_messages_from(cluster, old, tx.txid)
+        await trio.sleep(3 * PAUSED_VOTE_TIMEOUT_S)
+        later = await _recovery_messages_from(cluster, old, tx.txid)
+        state = await _coordinator_state(cluster, old, tx.txid)
+        print(f"old leader {old}: {first} then {later} phase-1a messages, state {state}")
+        assert later == first, "the old leader still runs phase 1"
+        assert state is None, state

@@ -28,6 +28,7 @@ from commit.protocols.paxos_commit import (
     Phase2a,
     Phase2b,
     Recover,
+    Superseded,
 )
 from commit.protocols.two_phase import (
     Acked,
@@ -76,13 +77,14 @@ def two_b(acceptor, values, ballot=BALLOT_ZERO, now=1.0) -> Phase2b:
     return Phase2b(now=now, acceptor=acceptor, ballot=ballot, values=values)
 
 
-def one_b(acceptor, accepted, ballot, promised=True, now=1.0) -> Phase1b:
-    return Phase1b(now=now, acceptor=acceptor, ballot=ballot, promised=promised, accepted=accepted)
+def one_b(acceptor, accepted, ballot, promised=True, now=1.0, promise=None) -> Phase1b:
+    return Phase1b(now=now, acceptor=acceptor, ballot=ballot, promised=promised, accepted=accepted,
+                   promise=promise)
 
 
-def decision(outcome, now, participants=PARTS):
+def decision(outcome, now, participants=PARTS, no_votes=(), reason=""):
     return (
-        [Reply(outcome=outcome)]
+        [Reply(outcome=outcome, no_votes=no_votes, reason=reason)]
         + [SendDecision(participant=p, outcome=outcome) for p in participants]
         + [SetTimer(name=RESEND_TIMER, deadline=now + RESEND)]
     )
@@ -156,7 +158,7 @@ def test_quorum_counts_the_same_value_at_the_same_ballot_only():
 @pytest.mark.parametrize("bundle", [{"s1": ABORTED}, {"s0": PREPARED, "s1": ABORTED}])
 def test_abort_as_soon_as_one_2b_carries_aborted_at_ballot_zero(bundle):
     leader = started()
-    assert leader.handle(two_b("a2", bundle, now=1.5)) == decision(ABORT, 1.5)
+    assert leader.handle(two_b("a2", bundle, now=1.5)) == decision(ABORT, 1.5, no_votes=("s1",))
     assert leader.state == "decided"
     assert leader.outcome == ABORT
 
@@ -165,7 +167,7 @@ def test_abort_after_some_prepared():
     leader = started()
     assert leader.handle(two_b("a0", {"s0": PREPARED})) == []
     assert leader.handle(two_b("a1", {"s0": PREPARED})) == []
-    assert leader.handle(two_b("a0", {"s1": ABORTED}, now=2.0)) == decision(ABORT, 2.0)
+    assert leader.handle(two_b("a0", {"s1": ABORTED}, now=2.0)) == decision(ABORT, 2.0, no_votes=("s1",))
 
 
 def test_one_aborted_2b_at_a_recovery_ballot_is_not_a_decision():
@@ -307,18 +309,56 @@ def test_phase_2a_leaves_out_what_was_chosen_meanwhile():
     ]
 
 
-def test_phase_1b_at_an_old_ballot_is_ignored():
+def test_phase_1b_at_an_old_ballot_is_no_promise_but_what_it_reports_counts():
     leader = recovering()
     leader.handle(TimerFired(now=10.0, name=RECOVERY_TIMER))
     assert leader.ballot == B2
     for a in ACCS3:
         assert leader.handle(one_b(a, {"s0": (BALLOT_ZERO, PREPARED), "s1": (None, None)}, B1)) == []
     assert leader.promises == {}
+    assert leader.chosen == {"s0": PREPARED}  # a quorum accepted it at ballot 0: chosen, whoever asked
     assert leader.handle(one_b("a0", {}, B3)) == []  # a ballot we never used, too
     assert leader.handle(one_b("a1", {"s0": (None, None), "s1": (None, None)}, B2)) == []
     assert leader.handle(one_b("a2", {"s0": (None, None), "s1": (None, None)}, B2)) == [
-        Phase2a(ballot=B2, values={"s0": ABORTED, "s1": ABORTED})
+        Phase2a(ballot=B2, values={"s1": ABORTED})
     ]
+
+
+def test_a_refusal_from_a_later_term_supersedes_the_leader():
+    """Issue 9.4: ballots of an old term can never win again; the old leader stops instead of retrying."""
+    leader = recovering()
+    nothing = {"s0": (None, None), "s1": (None, None)}
+    later = (2, 1, 1)
+    assert leader.handle(one_b("a0", nothing, B1, promised=False, promise=later)) == [
+        Superseded(reason="acceptor a0 promised ballot [2, 1, 1] of a later term than ours [1, 0, 1]")
+    ]
+    assert leader.state == "done" and leader.outcome is None
+    assert leader.handle(TimerFired(now=9.0, name=RECOVERY_TIMER)) == []  # no phase 1 again
+
+
+def test_a_refusal_from_the_same_term_waits_for_the_next_ballot():
+    leader = recovering()
+    nothing = {"s0": (None, None), "s1": (None, None)}
+    assert leader.handle(one_b("a0", nothing, B1, promised=False, promise=B3)) == []
+    assert leader.state == "recovering"
+
+
+def test_one_acceptor_reporting_a_no_vote_in_phase_1b_ends_the_recovery():
+    """Issue 9.4: a decided outcome learned from any acceptor, promised or not, ends the recovery."""
+    leader = recovering()
+    accepted = {"s0": (BALLOT_ZERO, PREPARED), "s1": (BALLOT_ZERO, ABORTED)}
+    assert leader.handle(one_b("a2", accepted, B1, promised=False, promise=(7, 2, 1), now=6.0)) == decision(
+        ABORT, 6.0, no_votes=("s1",))
+
+
+def test_a_value_refused_phase_1bs_agree_on_is_chosen():
+    """Another leader's phase 2 reached a quorum: the refusals report it, and it is the outcome."""
+    leader = recovering()
+    theirs = (1, 2, 1)
+    accepted = {"s0": (theirs, PREPARED), "s1": (theirs, PREPARED)}
+    assert leader.handle(one_b("a0", accepted, B1, promised=False, promise=theirs)) == []
+    assert leader.handle(one_b("a1", accepted, B1, promised=False, promise=theirs, now=7.0)) == decision(
+        COMMIT, 7.0)
 
 
 def test_not_promised_phase_1b_is_ignored():
@@ -374,7 +414,8 @@ def test_fast_normal_path_replies_and_finishes_without_sending_decisions(outcome
     values = all_prepared() if outcome == COMMIT else {"s0": ABORTED}
     effects = [] if outcome == ABORT else leader.handle(two_b("a0", values))
     assert effects == []
-    assert leader.handle(two_b("a1", values, now=2.0)) == [Reply(outcome=outcome), Finished(outcome=outcome)]
+    reply = Reply(outcome=outcome, no_votes=("s0",)) if outcome == ABORT else Reply(outcome=outcome)
+    assert leader.handle(two_b("a1", values, now=2.0)) == [reply, Finished(outcome=outcome)]
     assert leader.state == "done"
     assert leader.handle(Acked(now=3.0, participant="s0")) == []
     assert leader.handle(TimerFired(now=3.0, name=RESEND_TIMER)) == []
@@ -387,7 +428,8 @@ def test_fast_after_a_recovery_sends_decisions():
         Phase2a(ballot=B1, values={"s0": ABORTED, "s1": ABORTED})
     ]
     leader.handle(two_b("a0", {"s0": ABORTED, "s1": ABORTED}, ballot=B1))
-    assert leader.handle(two_b("a1", {"s0": ABORTED, "s1": ABORTED}, ballot=B1, now=8.0)) == decision(ABORT, 8.0)
+    assert leader.handle(two_b("a1", {"s0": ABORTED, "s1": ABORTED}, ballot=B1, now=8.0)) == decision(
+        ABORT, 8.0, reason="no vote from s0, s1 reached the acceptors in time")
     assert leader.handle(Acked(now=9.0, participant="s0")) == []
     assert leader.handle(Acked(now=9.0, participant="s1")) == [Finished(outcome=ABORT)]
 
@@ -597,9 +639,15 @@ def test_outcome_is_commit_iff_every_participant_chose_prepared(data):
     final = finish_with_a_new_leader(world, now + 100.0)
     chosen = world.chosen()
     for p, values in chosen.items():
-        assert len(values) == 1, f"{p}: chosen {values} (history {world.history})"
+        assert len(values) <= 1, f"{p}: chosen {values} (history {world.history})"
     everyone_prepared = all(chosen[p] == {PREPARED} for p in participants)
     assert final == (COMMIT if everyone_prepared else ABORT)
+    if final == ABORT:
+        # Some instance chose "aborted", or an acceptor holds "aborted" at ballot 0 for it: only its
+        # participant proposes there, so it voted no and "prepared" can never be chosen for it (the
+        # leader may decide from that alone, without a quorum choosing "aborted").
+        no_vote_seen = {p for _, p, b, v in world.history if b == BALLOT_ZERO and v == ABORTED}
+        assert any(chosen[p] == {ABORTED} or p in no_vote_seen for p in participants), world.history
     if world.replies:
         assert world.replies[0] == (COMMIT if everyone_prepared else ABORT), world.history
     # Sanity of the model: "prepared" can be chosen only for a participant that voted so.

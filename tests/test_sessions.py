@@ -1,140 +1,189 @@
-"""consensus.sessions: the replicated exactly-once session table."""
+"""consensus.sessions: the replicated exactly-once session table, with sessions registered explicitly."""
 
 from __future__ import annotations
 
 import dataclasses
 import random
+from typing import Any
 
 import pytest
 
-from consensus.sessions import SessionRef, SessionTable
-
-A = b"a" * 16
-B = b"b" * 16
-C = b"c" * 16
+from consensus.sessions import Outcome, SessionRef, SessionTable
 
 
-def ref(client: bytes, seq: int, low_water: int = 1) -> SessionRef:
-    return SessionRef(client, seq, low_water)
+def ok(value: Any) -> Outcome:
+    return "ok", value
+
+
+def refused(code: str = "conflict") -> Outcome:
+    return "err", {"code": code, "message": "refused", "maybe_applied": False}
+
+
+def ref(session: int, seq: int, low_water: int = 1) -> SessionRef:
+    return SessionRef(session, seq, low_water)
+
+
+class Machine:
+    """Counts what was applied; answers with a queue of outcomes, or ("ok", n) by default."""
+
+    def __init__(self, *outcomes: Outcome) -> None:
+        self.applied = 0
+        self.outcomes = list(outcomes)
+
+    def __call__(self) -> Outcome:
+        outcome = self.outcomes.pop(0) if self.outcomes else ok(self.applied + 1)
+        if outcome[0] == "ok":
+            self.applied += 1
+        return outcome
 
 
 def test_session_ref_is_frozen_value():
-    r = SessionRef(A, 3, 2)
+    r = SessionRef(7, 3, 2)
     with pytest.raises(dataclasses.FrozenInstanceError):
         r.seq = 4  # type: ignore[misc]
-    assert r == SessionRef(A, 3, 2)
-    assert hash(r) == hash(SessionRef(A, 3, 2))
+    assert r == SessionRef(7, 3, 2)
+    assert hash(r) == hash(SessionRef(7, 3, 2))
 
 
-def test_unknown_client_first_command_is_new():
+def test_opened_sessions_get_numbers_never_handed_out_again():
+    table = SessionTable(max_sessions=2)
+    numbers = [table.open() for _ in range(5)]
+    assert numbers == [1, 2, 3, 4, 5]
+    assert len(table) == 2  # only the two most recent are held
+
+
+def test_a_session_never_opened_is_expired_not_new():
     table = SessionTable(max_sessions=10)
-    assert table.lookup(ref(A, 1, 1)) == ("new", None)
-    assert len(table) == 0  # lookup alone does not create a session
+    assert table.lookup(ref(1, 1, 1)) == ("expired", None)
+    machine = Machine()
+    outcome = table.run(ref(1, 1, 1), machine)
+    assert outcome[0] == "err" and outcome[1]["code"] == "session_expired"
+    assert machine.applied == 0
 
 
-def test_recorded_result_is_returned_for_retries():
+def test_a_retry_returns_the_first_result_without_applying_again():
     table = SessionTable(max_sessions=10)
-    table.record(ref(A, 1, 1), ("ok", 41))
-    table.record(ref(A, 2, 1), ("err", {"code": "invalid_request"}))
-    assert table.lookup(ref(A, 1, 1)) == ("done", ("ok", 41))
-    assert table.lookup(ref(A, 2, 1)) == ("done", ("err", {"code": "invalid_request"}))
-    assert table.lookup(ref(A, 3, 1)) == ("new", None)
-    # results are per client
-    assert table.lookup(ref(B, 1, 1)) == ("new", None)
-    assert len(table) == 1
+    s = table.open()
+    machine = Machine()
+    assert table.run(ref(s, 1), machine) == ok(1)
+    assert table.run(ref(s, 1), machine) == ok(1)
+    assert table.run(ref(s, 2), machine) == ok(2)
+    assert machine.applied == 2
+
+
+def test_a_refused_command_is_not_remembered_so_its_retry_runs_again():
+    """Issue 9.2: a put refused on a locked key must not get the same refusal on every retry."""
+    table = SessionTable(max_sessions=10)
+    s = table.open()
+    machine = Machine(refused(), refused())
+    assert table.run(ref(s, 1), machine) == refused()
+    assert table.run(ref(s, 1), machine) == refused()
+    assert table.run(ref(s, 1), machine) == ok(1)  # the lock is gone: applied now, once
+    assert table.run(ref(s, 1), machine) == ok(1)
+    assert machine.applied == 1
 
 
 def test_done_result_may_be_a_falsy_value():
     table = SessionTable(max_sessions=10)
-    table.record(ref(A, 1), None)
-    assert table.lookup(ref(A, 1)) == ("done", None)
+    s = table.open()
+    assert table.run(ref(s, 1), lambda: ok(None)) == ok(None)
+    assert table.lookup(ref(s, 1)) == ("done", ok(None))
 
 
 def test_retry_with_higher_low_water_still_finds_its_result():
     # The client recomputes low_water on every attempt; seq itself is still awaited.
     table = SessionTable(max_sessions=10)
-    table.record(ref(A, 1, 1), "r1")
-    table.record(ref(A, 2, 1), "r2")
-    assert table.lookup(ref(A, 2, 2)) == ("done", "r2")
+    s = table.open()
+    table.run(ref(s, 1, 1), lambda: ok("r1"))
+    table.run(ref(s, 2, 1), lambda: ok("r2"))
+    assert table.lookup(ref(s, 2, 2)) == ("done", ok("r2"))
 
 
 def test_low_water_trims_acknowledged_results():
     table = SessionTable(max_sessions=10)
+    s = table.open()
     for seq in (1, 2, 3):
-        table.record(ref(A, seq, 1), f"r{seq}")
-    # seq 4 arrives saying the client awaits nothing below 3
-    table.record(ref(A, 4, 3), "r4")
-    # 1 and 2 were dropped; 3 (still awaited) and 4 are kept
-    assert table.lookup(ref(A, 3, 3)) == ("done", "r3")
-    assert table.lookup(ref(A, 4, 3)) == ("done", "r4")
-    assert table._sessions[A].results == {3: "r3", 4: "r4"}  # noqa: SLF001 - memory bound is the point
+        table.run(ref(s, seq, 1), lambda seq=seq: ok(f"r{seq}"))
+    table.run(ref(s, 4, 3), lambda: ok("r4"))  # the client awaits nothing below 3
+    assert table.lookup(ref(s, 3, 3)) == ("done", ok("r3"))
+    assert table.lookup(ref(s, 4, 3)) == ("done", ok("r4"))
+    assert set(table._sessions[s].results) == {3, 4}  # noqa: SLF001 - memory bound is the point
+
+
+def test_a_refusal_still_moves_the_low_water():
+    table = SessionTable(max_sessions=10)
+    s = table.open()
+    table.run(ref(s, 1, 1), lambda: ok("r1"))
+    table.run(ref(s, 2, 2), lambda: refused())
+    assert table._sessions[s].results == {}  # noqa: SLF001
+    assert table.lookup(ref(s, 1, 1)) == ("expired", None)
 
 
 def test_seq_below_its_own_low_water_is_expired():
     table = SessionTable(max_sessions=10)
-    table.record(ref(A, 5, 5), "r5")
-    assert table.lookup(ref(A, 3, 4)) == ("expired", None)
+    s = table.open()
+    table.run(ref(s, 5, 5), lambda: ok("r5"))
+    assert table.lookup(ref(s, 3, 4)) == ("expired", None)
 
 
 def test_lru_eviction_keeps_at_most_max_sessions():
     table = SessionTable(max_sessions=2)
-    table.record(ref(A, 1), "a1")
-    table.record(ref(B, 1), "b1")
-    table.record(ref(A, 2), "a2")  # A is now the most recently used
-    table.record(ref(C, 1), "c1")  # evicts B, the least recently used
+    a, b = table.open(), table.open()
+    table.run(ref(a, 1), lambda: ok("a1"))  # a is now the most recently used
+    c = table.open()  # evicts b, the least recently used
     assert len(table) == 2
-    assert table.lookup(ref(A, 1)) == ("done", "a1")
-    assert table.lookup(ref(C, 1)) == ("done", "c1")
-    assert table.lookup(ref(B, 1)) == ("new", None)  # forgotten entirely
+    assert table.lookup(ref(a, 1)) == ("done", ok("a1"))
+    assert table.lookup(ref(c, 1)) == ("new", None)
+    assert table.lookup(ref(b, 1)) == ("expired", None)  # forgotten: never new again
 
 
 def test_lookup_does_not_refresh_lru_order():
-    # Only record() (i.e. applied commands) may change replicated state.
+    # Only applying commands may change replicated state.
     table = SessionTable(max_sessions=2)
-    table.record(ref(A, 1), "a1")
-    table.record(ref(B, 1), "b1")
-    assert table.lookup(ref(A, 1)) == ("done", "a1")
-    table.record(ref(C, 1), "c1")
-    assert table.lookup(ref(A, 1)) == ("new", None)  # A was still the oldest
-    assert table.lookup(ref(B, 1)) == ("done", "b1")
+    a = table.open()
+    table.run(ref(a, 1), lambda: ok("a1"))
+    b = table.open()
+    table.run(ref(b, 1), lambda: ok("b1"))
+    assert table.lookup(ref(a, 1)) == ("done", ok("a1"))
+    table.open()
+    assert table.lookup(ref(a, 1)) == ("expired", None)  # a was still the oldest
+    assert table.lookup(ref(b, 1)) == ("done", ok("b1"))
 
 
-def test_evicted_client_that_could_be_retrying_is_expired():
+def test_a_late_retry_of_a_first_command_after_eviction_is_not_applied():
+    """Issue 9.6: before, an evicted client's seq 1 (low_water 1) looked new and was applied twice."""
     table = SessionTable(max_sessions=1)
-    table.record(ref(A, 3, 2), "a3")
-    table.record(ref(B, 1, 1), "b1")  # evicts A
-    # A retries seq 3 (or sends seq 4) with an unknown low_water > 1: maybe applied already
-    assert table.lookup(ref(A, 3, 2)) == ("expired", None)
-    assert table.lookup(ref(A, 4, 4)) == ("expired", None)
-    # a client with low_water 1 is (by the documented rule) a fresh client
-    assert table.lookup(ref(A, 1, 1)) == ("new", None)
+    a = table.open()
+    machine = Machine()
+    assert table.run(ref(a, 1, 1), machine) == ok(1)
+    table.open()  # evicts a
+    outcome = table.run(ref(a, 1, 1), machine)
+    assert outcome[0] == "err" and outcome[1]["code"] == "session_expired"
+    assert machine.applied == 1
 
 
-def test_recording_for_an_evicted_client_starts_a_fresh_session():
-    table = SessionTable(max_sessions=1)
-    table.record(ref(A, 1), "a1")
-    table.record(ref(B, 1), "b1")
-    table.record(ref(A, 1), "a1-again")
-    assert table.lookup(ref(A, 1)) == ("done", "a1-again")
-    assert table.lookup(ref(B, 1)) == ("new", None)
-
-
-def test_replicas_applying_the_same_commands_agree():
+def test_replicas_applying_the_same_commands_agree(seed: int) -> None:
     # Determinism: the table is part of the replicated state.
-    rng = random.Random(1234)
-    commands = []
-    next_seq = {c: 1 for c in range(20)}
+    rng = random.Random(seed)
+    steps: list[tuple[str, Any]] = []
+    clients: list[list[int]] = []  # per client: [session index, next seq]
     for _ in range(2000):
-        client = rng.randrange(20)
-        seq = next_seq[client]
-        next_seq[client] += 1
-        low = rng.randint(max(1, seq - 3), seq)
-        commands.append(SessionRef(bytes([client]) * 16, seq, low))
+        if not clients or rng.random() < 0.05:
+            steps.append(("open", None))
+            clients.append([len([s for s in steps if s[0] == "open"]), 1])
+            continue
+        client = rng.choice(clients)
+        seq = client[1]
+        client[1] += 1
+        steps.append(("run", (client[0], seq, rng.randint(max(1, seq - 3), seq), rng.random() < 0.2)))
     tables = [SessionTable(max_sessions=7) for _ in range(3)]
     for table in tables:
-        for i, r in enumerate(commands):
-            if table.lookup(r)[0] == "new":
-                table.record(r, i)
+        for i, (kind, arg) in enumerate(steps):
+            if kind == "open":
+                table.open()
+            else:
+                session, seq, low, refuse = arg
+                table.run(SessionRef(session, seq, low), lambda i=i, refuse=refuse: refused() if refuse else ok(i))
     assert len(tables[0]) == 7
     assert list(tables[0]._sessions.items()) == list(tables[1]._sessions.items())  # noqa: SLF001
     assert list(tables[1]._sessions.items()) == list(tables[2]._sessions.items())  # noqa: SLF001
@@ -142,8 +191,8 @@ def test_replicas_applying_the_same_commands_agree():
 
 def test_duplicate_of_trimmed_command_is_not_new():
     table = SessionTable(max_sessions=10)
-    table.record(ref(A, 1, 1), "r1")
-    # the client received r1 and moved on; this trims seq 1
-    table.record(ref(A, 2, 2), "r2")
+    s = table.open()
+    table.run(ref(s, 1, 1), lambda: ok("r1"))
+    table.run(ref(s, 2, 2), lambda: ok("r2"))  # the client received r1 and moved on; this trims seq 1
     # a delayed duplicate of the original seq-1 request (low_water 1) reaches the log
-    assert table.lookup(ref(A, 1, 1)) != ("new", None)
+    assert table.lookup(ref(s, 1, 1)) == ("expired", None)

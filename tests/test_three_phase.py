@@ -262,7 +262,7 @@ async def test_bad_join_and_move_are_refused_and_change_nothing(three_cluster: L
     key = keys_by_shard(1, "bad-input-")[2][0]
     leader = (await cluster.leaders())[shard]
     follower = next(n for n in cluster.node_ids if n != leader)
-    txid = new_txid("3pc")
+    txid = new_txid("3pc", participants)
     cases = bad_requests(txid, shard)
     before = await shard_row(cluster, leader, shard)
     assert before["role"] == "leader" and before["prepared"] == 0 and before["locks"] == 0, before

@@ -14,6 +14,7 @@ import commit
 from commit.config import ClusterConfig, shard_group
 from commit.localcluster import LocalCluster
 from commit.routing import keys_on_each_shard
+from commit.txids import new_txid
 from tests.bank import run_bank
 from tests.conftest import _started
 
@@ -117,17 +118,11 @@ async def test_single_shard_transaction_is_one_phase(txn_cluster: LocalCluster) 
         assert await db.status(tx.txid) == "committed"
         assert [(await db.get(k)).value for k in key] == [1, 2]
         # a status query about a txid nobody knows fences it as aborted (presumed abort)
-        unknown = "raft-2pc:" + "0" * 32
+        unknown = new_txid("raft-2pc", (shard_group(0), shard_group(1)))
         assert await db.status(unknown) == "aborted"
 
 
 # -- coordinator crashes between the votes and the decision ------------------------------
-
-
-@pytest.fixture
-def hook_cluster(tmp_path: Path) -> Iterator[LocalCluster]:
-    options = {"transactions": {"fault_hooks": True, "in_doubt_timeout_s": 0.5, "twopc_coordinator": "n1"}}
-    yield from _started(tmp_path, options=options)
 
 
 def quick(config: ClusterConfig, deadline_s: float) -> ClusterConfig:
@@ -200,3 +195,42 @@ async def test_2pc_blocks_until_its_coordinator_returns(hook_cluster: LocalClust
         assert await db.status(tx.txid) == expected
         values = ((await db.get(src)).value, (await db.get(dst)).value)
         assert values == ((70, 30) if expected == "committed" else (100, 0))
+
+
+@pytest.fixture
+def stubborn_leader_cluster(tmp_path: Path) -> Iterator[LocalCluster]:
+    """Leaders that keep leading without a quorum for a while, and a short persist timeout."""
+    options = {"raft": {"leader_fallback_timeout_s": 30.0}, "timeouts": {"request_s": 2.0}}
+    yield from _started(tmp_path, options=options)
+
+
+async def test_a_coordinator_that_cannot_persist_its_begin_reports_commit_unknown(
+    stubborn_leader_cluster: LocalCluster,
+) -> None:
+    """Issue 9.5: 'begin not durable' is CommitUnknown for the client, not an internal error."""
+    cluster = stubborn_leader_cluster
+    by_shard = keys_by_shard(1, "no-quorum-")
+    leader = (await cluster.leaders())["coord"]
+    followers = [n for n in cluster.node_ids if n != leader]
+    participants = {shard_group(0): {"reads": [], "writes": [[by_shard[0][0].encode(), b"\x01"]]},
+                    shard_group(1): {"reads": [], "writes": [[by_shard[1][0].encode(), b"\x01"]]}}
+    txid = new_txid("raft-2pc", participants)
+    for node in followers:
+        cluster.pause(node)
+    try:
+        with pytest.raises(commit.ClusterError) as caught:
+            await cluster.call(leader, "txn.commit", {"txid": txid, "participants": participants})
+    finally:
+        for node in followers:
+            cluster.resume(node)
+    assert isinstance(caught.value, commit.CommitUnknown), caught.value
+    assert "not durable" in caught.value.message, caught.value.message
+    await cluster.wait_ready()
+    async with commit.connect(cluster.config) as db:
+        # Its begin record may have been replicated after all; a status question finishes it (nothing was
+        # prepared, so it aborts) instead of leaving it pending until the next leader change.
+        async def decided() -> str | None:
+            outcome = await db.status(txid, tuple(participants))
+            return outcome if outcome in ("committed", "aborted") else None
+
+        assert await cluster.wait_until(decided, 15, "the transaction to be decided") == "aborted"

@@ -51,9 +51,9 @@ def prepares(now: float, participants=PARTS):
     ]
 
 
-def decision(outcome: str, now: float, participants=PARTS):
+def decision(outcome: str, now: float, participants=PARTS, no_votes=(), reason=""):
     return (
-        [Reply(outcome=outcome)]
+        [Reply(outcome=outcome, no_votes=no_votes, reason=reason)]
         + [SendDecision(participant=p, outcome=outcome) for p in participants]
         + [SetTimer(name=RESEND_TIMER, deadline=now + RESEND)]
     )
@@ -131,7 +131,7 @@ def test_any_no_aborts_at_once(record_begin, no_from):
         assert coord.handle(Vote(now=2.0, participant="s0", yes=True)) == []
     assert coord.handle(Vote(now=2.1, participant=no_from, yes=False)) == [PersistDecision(outcome=ABORT)]
     assert coord.state == "persisting"
-    assert coord.handle(Persisted(now=2.2, outcome=ABORT)) == decision(ABORT, 2.2)
+    assert coord.handle(Persisted(now=2.2, outcome=ABORT)) == decision(ABORT, 2.2, no_votes=(no_from,))
     assert coord.handle(Acked(now=3.0, participant="s0")) == []
     assert coord.handle(Acked(now=3.0, participant="s1")) == [Finished(outcome=ABORT)]
     assert coord.state == "done"
@@ -145,7 +145,8 @@ def test_vote_timer_aborts(record_begin):
     assert coord.state == "persisting"
     # The missing yes arrives while the abort is being persisted: too late.
     assert coord.handle(Vote(now=6.1, participant="s1", yes=True)) == []
-    assert coord.handle(Persisted(now=6.2, outcome=ABORT)) == decision(ABORT, 6.2)
+    assert coord.handle(Persisted(now=6.2, outcome=ABORT)) == decision(
+        ABORT, 6.2, reason=f"no vote from s1 within {VOTE_TIMEOUT}s")
     assert coord.outcome == ABORT
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from commit import txlog
-from commit.txids import ONE_PHASE, authority_of, check_txid, new_txid
+from commit.txids import ONE_PHASE, are_participants_of, authority_of, check_participants, check_txid, new_txid
 from commit.txlog import DecisionLog, LoggedDecision
 from consensus.errors import InvalidRequest
 
@@ -213,12 +213,33 @@ def test_garbage_record_stops_loading_but_keeps_what_came_before(log_path):
 HEX32 = r"[0-9a-f]{32}"
 
 
-@pytest.mark.parametrize("protocol", ["2pc", "raft-2pc"])
+@pytest.mark.parametrize("protocol", ["2pc", "raft-2pc", "paxos-commit", "fast-paxos-commit", "3pc", "3pc-quorum"])
 def test_new_txid_multi_shard_format(protocol):
-    txid = new_txid(protocol)
-    assert re.fullmatch(rf"{re.escape(protocol)}:{HEX32}", txid)
+    txid = new_txid(protocol, PARTS)
+    assert re.fullmatch(rf"{re.escape(protocol)}:{HEX32}\.[0-9a-f]{{16}}", txid)
     assert check_txid(txid) == txid
     assert authority_of(txid) == (protocol, None)
+
+
+def test_a_multi_shard_txid_binds_exactly_its_participants():
+    """Issue 9.1: a status question naming part of the participants must be recognisable as wrong."""
+    txid = new_txid("paxos-commit", ["shard-1", "shard-0"])
+    assert are_participants_of(txid, ["shard-0", "shard-1"])
+    assert are_participants_of(txid, ["shard-1", "shard-0"])  # a set: order does not matter
+    for wrong in (["shard-0"], ["shard-1"], ["shard-0", "shard-1", "shard-2"], ["shard-0", "shard-0", "shard-1"],
+                  ["shard-0", "shard-2"], []):
+        assert not are_participants_of(txid, wrong), wrong
+    assert check_participants(txid, ["shard-1", "shard-0"]) == ("shard-0", "shard-1")
+    with pytest.raises(InvalidRequest, match="not the participants"):
+        check_participants(txid, ["shard-0"])
+
+
+def test_the_binding_is_per_txid_and_per_protocol():
+    first, second = new_txid("paxos-commit", PARTS), new_txid("paxos-commit", PARTS)
+    nonce, digest = second.split(":")[1].split(".")
+    assert not are_participants_of(first.split(".")[0] + "." + digest, PARTS)  # a digest lifted from another txid
+    assert not are_participants_of(f"raft-2pc:{nonce}.{digest}", PARTS)  # or put under another protocol
+    assert not are_participants_of(new_txid("2pc", shard="shard-0"), ["shard-0"])  # one-phase binds a shard
 
 
 @pytest.mark.parametrize("shard", ["shard-0", "shard-7", "shard-1234"])
@@ -230,7 +251,7 @@ def test_new_txid_one_phase_format(shard):
 
 
 def test_new_txids_are_unique():
-    txids = {new_txid("2pc") for _ in range(1000)}
+    txids = {new_txid("2pc", PARTS) for _ in range(1000)}
     assert len(txids) == 1000
 
 
@@ -252,6 +273,9 @@ def test_new_txids_are_unique():
         "2pc:" + "g" * 32,
         " 2pc:" + "a" * 32,
         "2pc:" + "a" * 32 + " ",
+        "2pc:" + "a" * 32,  # no participant digest
+        "2pc:" + "a" * 32 + "." + "b" * 15,
+        "2pc:" + "a" * 32 + "." + "B" * 16,
         "2pc::" + "a" * 32,
         "raft-2pc:shard-0:" + "a" * 32,
         "1pc:" + "a" * 32,
@@ -268,7 +292,7 @@ def test_check_txid_rejects_malformed(txid):
 
 def test_check_txid_rejects_a_trailing_newline():
     with pytest.raises(InvalidRequest):
-        check_txid("2pc:" + "a" * 32 + "\n")
+        check_txid(new_txid("2pc", PARTS) + "\n")
 
 
 def test_check_txid_error_message_is_bounded():
@@ -280,8 +304,8 @@ def test_check_txid_error_message_is_bounded():
 @pytest.mark.parametrize(
     "txid,authority",
     [
-        ("2pc:" + "0" * 32, ("2pc", None)),
-        ("raft-2pc:" + "0" * 32, ("raft-2pc", None)),
+        ("2pc:" + "0" * 32 + "." + "1" * 16, ("2pc", None)),
+        ("raft-2pc:" + "0" * 32 + "." + "1" * 16, ("raft-2pc", None)),
         ("1pc:shard-3:" + "0" * 32, ("1pc", "shard-3")),
         ("1pc:shard-1024:" + "f" * 32, ("1pc", "shard-1024")),
     ],

@@ -22,6 +22,16 @@ the highest ballot, or "aborted" where none was accepted. This is how a new
 leader, or an in-doubt participant's question, finishes a transaction
 without the old leader, and why no single failure blocks it.
 
+Every phase-1b answer, promised or not, also reports what the acceptor
+accepted, and counts like a 2b: "aborted" at ballot 0 from any acceptor, or
+one value at one ballot from F+1 of them, is a chosen value, and ends the
+recovery at once. An acceptor that refuses because it promised a ballot of a
+later term means a later leader owns the transaction: the core stops with
+``Superseded`` instead of trying again with ballots that cannot win there
+(issue 9.4: a paused old leader ran phase 1 every vote timeout until the
+term changed). The driver also stops a core whose node no longer leads in
+the term its ballots carry.
+
 ``fast`` (Faster Paxos Commit): the acceptors also send their bundled 2b to
 the participants, which learn the outcome one message delay sooner; the
 leader then sends no decision messages on the normal path (after a
@@ -82,13 +92,17 @@ class Phase2b:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Phase1b:
-    """Acceptor's answer to phase 1a: promised or not, and what it accepted (participant -> (ballot, value))."""
+    """Acceptor's answer to phase 1a: promised or not, and what it accepted (participant -> (ballot, value)).
+
+    ``promise``: when it refused, the highest ballot it had promised instead (None if it did not say).
+    """
 
     now: float
     acceptor: str
     ballot: Ballot
     promised: bool
     accepted: dict[str, tuple[Ballot | None, Any]]
+    promise: Ballot | None = None
 
 
 Event = Start | Recover | Phase2b | Phase1b | Acked | TimerFired
@@ -108,7 +122,14 @@ class Phase2a:
     values: dict[str, str]
 
 
-Effect = SendPrepare | Phase1a | Phase2a | SendDecision | Reply | SetTimer | Finished
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Superseded:
+    """Stop without an outcome: a leader of a later term owns the transaction now."""
+
+    reason: str
+
+
+Effect = SendPrepare | Phase1a | Phase2a | SendDecision | Reply | SetTimer | Finished | Superseded
 
 TRANSITIONS: dict[str, tuple[type, ...]] = {
     "idle": (Start, Recover),
@@ -138,6 +159,8 @@ class PaxosCommitLeader:
     promises: dict[str, dict[str, tuple[Ballot | None, Any]]] = field(default_factory=dict)
     unacked: set[str] = field(default_factory=set)
     recovered: bool = False
+    no_votes: list[str] = field(default_factory=list)  # instances chosen "aborted" at ballot 0: a NO vote
+    unvoted: tuple[str, ...] = ()  # instances phase 2 proposed "aborted" for: no vote reached the acceptors
 
     @property
     def quorum(self) -> int:
@@ -159,6 +182,8 @@ class PaxosCommitLeader:
                 return self._on_2b(event)
             case Phase1b() if self.state == "recovering" and event.ballot == self.ballot:
                 return self._on_1b(event)
+            case Phase1b() if self.state == "recovering":
+                return self._learn(event.acceptor, event.accepted, event.now)
             case TimerFired(name=name) if self.state == "collecting" and name == VOTES_TIMER:
                 return self._phase1(event.now)
             case TimerFired(name=name) if self.state == "recovering" and name == RECOVERY_TIMER:
@@ -176,18 +201,27 @@ class PaxosCommitLeader:
     def _on_2b(self, event: Phase2b) -> list[Effect]:
         if event.acceptor not in self.acceptors:
             raise ProtocolError(f"{self.txid}: 2b from non-acceptor {event.acceptor!r}")
-        for participant, value in event.values.items():
+        for participant in event.values:
             if participant not in self.participants:
                 raise ProtocolError(f"{self.txid}: 2b for non-participant {participant!r}")
-            if event.ballot == BALLOT_ZERO and value == ABORTED:
+        return self._learn(event.acceptor, {p: (event.ballot, v) for p, v in event.values.items()}, event.now)
+
+    def _learn(self, acceptor: str, accepted: dict[str, tuple[Ballot | None, Any]], now: float) -> list[Effect]:
+        """Count what ``acceptor`` accepted (from a 2b, or reported in a 1b); decide once values are chosen."""
+        for participant, (ballot, value) in accepted.items():
+            if ballot is None or participant not in self.participants or participant in self.chosen:
+                continue
+            if ballot == BALLOT_ZERO and value == ABORTED:
                 # Only the participant proposes at ballot 0: it voted no, so "prepared" can never be chosen.
                 self.chosen[participant] = ABORTED
+                self.no_votes.append(participant)
                 continue
-            voters = self.accepts.setdefault((event.ballot, participant), {}).setdefault(value, set())
-            voters.add(event.acceptor)
+            at: Ballot = (ballot[0], ballot[1], ballot[2])
+            voters = self.accepts.setdefault((at, participant), {}).setdefault(value, set())
+            voters.add(acceptor)
             if len(voters) >= self.quorum:
-                self.chosen.setdefault(participant, value)
-        return self._maybe_decide(event.now)
+                self.chosen[participant] = value
+        return self._maybe_decide(now)
 
     def _maybe_decide(self, now: float) -> list[Effect]:
         if any(v == ABORTED for v in self.chosen.values()):
@@ -208,7 +242,16 @@ class PaxosCommitLeader:
         ]
 
     def _on_1b(self, event: Phase1b) -> list[Effect]:
-        if not event.promised or event.acceptor in self.promises:
+        learned = self._learn(event.acceptor, event.accepted, event.now)
+        if learned or self.state != "recovering":
+            return learned
+        if not event.promised:
+            if event.promise is not None and event.promise[0] > self.ballot[0]:
+                self.state = "done"
+                return [Superseded(reason=f"acceptor {event.acceptor} promised ballot {list(event.promise)} "
+                                          f"of a later term than ours {list(self.ballot)}")]
+            return []
+        if event.acceptor in self.promises:
             return []
         self.promises[event.acceptor] = event.accepted
         if len(self.promises) != self.quorum:
@@ -223,12 +266,18 @@ class PaxosCommitLeader:
                 if ballot is not None and (best is None or tuple(ballot) > best[0]):
                     best = (tuple(ballot), value)  # type: ignore[assignment]
             values[participant] = best[1] if best is not None else ABORTED
+        self.unvoted = tuple(p for p, v in values.items() if v == ABORTED)
         return [Phase2a(ballot=self.ballot, values=values)]
 
     def _decide(self, outcome: str, now: float) -> list[Effect]:
         self.state = "decided"
         self.outcome = outcome
-        effects: list[Effect] = [Reply(outcome=outcome)]
+        reply = Reply(outcome=outcome)
+        if outcome == ABORT:
+            unvoted = [p for p in self.unvoted if self.chosen.get(p) == ABORTED]
+            reason = f"no vote from {', '.join(unvoted)} reached the acceptors in time" if unvoted else ""
+            reply = Reply(outcome=outcome, no_votes=tuple(self.no_votes), reason=reason)
+        effects: list[Effect] = [reply]
         if self.fast and not self.recovered:
             return effects + self._maybe_done()
         self.unacked = set(self.participants)

@@ -74,6 +74,7 @@ from commit.protocols.two_phase import (
     Start,
     TimerFired,
     Vote,
+    votes_missing,
 )
 
 WAITING = "waiting"
@@ -193,7 +194,7 @@ class ThreePhaseCoordinator:
                 if event.participant not in self.participants:
                     raise ProtocolError(f"{self.txid}: vote from non-participant {event.participant!r}")
                 if not event.yes:
-                    return self._decide(ABORT, event.now)
+                    return self._decide(ABORT, event.now, no_votes=(event.participant,))
                 self.yes_votes.add(event.participant)
                 if self.yes_votes != set(self.participants):
                     return []
@@ -203,7 +204,8 @@ class ThreePhaseCoordinator:
                 ]
                 return moves + [SetTimer(name=ACKS_TIMER, deadline=event.now + self.vote_timeout_s)]
             case TimerFired(name=name) if name == VOTES_TIMER and self.state == "collecting":
-                return self._decide(ABORT, event.now)
+                reason = votes_missing(self.participants, self.yes_votes, self.vote_timeout_s)
+                return self._decide(ABORT, event.now, reason=reason)
             case StateReport() if self.state == "precommitting":
                 return self._on_ack(event)
             case TimerFired(name=name) if name == ACKS_TIMER and self.state == "precommitting":
@@ -238,18 +240,18 @@ class ThreePhaseCoordinator:
             return []
         if report.state == ABORT and not self.quorum:
             # It gave up waiting and aborted on its own: no one can have committed (that needs it).
-            return self._decide(ABORT, report.now)
+            return self._decide(ABORT, report.now, reason=f"{report.participant} aborted on its own while waiting")
         # A terminator owns the transaction now (a higher round), or it is already decided there:
         # the coordinator steps aside and the client hears "pending".
         self.state = "done"
         self.outcome = report.state if report.state in DECIDED else PENDING
         return [Reply(outcome=self.outcome), Finished(outcome=self.outcome)]
 
-    def _decide(self, outcome: str, now: float) -> list[object]:
+    def _decide(self, outcome: str, now: float, no_votes: tuple[str, ...] = (), reason: str = "") -> list[object]:
         self.state = "decided"
         self.outcome = outcome
         self.unacked = set(self.participants)
-        effects: list[object] = [Reply(outcome=outcome)]
+        effects: list[object] = [Reply(outcome=outcome, no_votes=no_votes, reason=reason)]
         effects += [SendDecision(participant=p, outcome=outcome) for p in self.participants]
         return effects + [SetTimer(name=RESEND_TIMER, deadline=now + self.resend_s)]
 

@@ -115,7 +115,12 @@ class SendDecision:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Reply:
+    """Tell the client the outcome; for an abort, ``no_votes`` are the participants that voted no and
+    ``reason`` says what else made it abort (a vote that never came)."""
+
     outcome: str
+    no_votes: tuple[str, ...] = ()
+    reason: str = ""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -133,6 +138,12 @@ Effect = PersistBegin | PersistDecision | SendPrepare | SendDecision | Reply | S
 
 VOTES_TIMER = "votes"
 RESEND_TIMER = "resend"
+
+
+def votes_missing(participants: tuple[str, ...], voted: set[str], vote_timeout_s: float) -> str:
+    """Why a vote timer aborted: the participants whose vote never came, for the client to read."""
+    silent = ", ".join(p for p in participants if p not in voted)
+    return f"no vote from {silent} within {vote_timeout_s}s"
 
 # state -> event types it accepts (anything else is a ProtocolError; stale
 # duplicates of accepted types are ignored inside the handlers).
@@ -157,6 +168,8 @@ class TwoPhaseCoordinator:
     yes_votes: set[str] = field(default_factory=set)
     unacked: set[str] = field(default_factory=set)
     outcome: str | None = None
+    no_votes: tuple[str, ...] = ()
+    reason: str = ""
 
     def handle(self, event: Event) -> list[Effect]:
         allowed = TRANSITIONS[self.state]
@@ -185,12 +198,14 @@ class TwoPhaseCoordinator:
                 if event.participant not in self.participants:
                     raise ProtocolError(f"{self.txid}: vote from non-participant {event.participant!r}")
                 if not event.yes:
+                    self.no_votes = (event.participant,)
                     return self._persist(ABORT)
                 self.yes_votes.add(event.participant)
                 if self.yes_votes == set(self.participants):
                     return self._persist(COMMIT)
                 return []
             case TimerFired(name=name) if self.state == "collecting" and name == VOTES_TIMER:
+                self.reason = votes_missing(self.participants, self.yes_votes, self.vote_timeout_s)
                 return self._persist(ABORT)
             case Acked() if self.state == "decided":
                 self.unacked.discard(event.participant)
@@ -218,6 +233,8 @@ class TwoPhaseCoordinator:
         self.state = "decided"
         self.outcome = outcome
         self.unacked = set(self.participants)
-        effects: list[Effect] = [Reply(outcome=outcome)]
+        reply = Reply(outcome=outcome, no_votes=self.no_votes, reason=self.reason) if outcome == ABORT else \
+            Reply(outcome=outcome)
+        effects: list[Effect] = [reply]
         effects += [SendDecision(participant=p, outcome=outcome) for p in self.participants]
         return effects + [SetTimer(name=RESEND_TIMER, deadline=now + self.resend_s)]
