@@ -35,7 +35,7 @@ from typing import Any
 
 import trio
 
-from commit.admin import (
+from commit.tooling.admin import (
     COUNTER_COLUMNS,
     IN_DOUBT_COLUMNS,
     STATUS_COLUMNS,
@@ -47,11 +47,11 @@ from commit.admin import (
     wait_for_leaders,
 )
 from commit.config import ClusterConfig, ConfigError, load_config
-from commit.faults import link_requests
-from commit.localcluster import spawn_node
-from commit.server import serve_node
-from commit.tables import format_table
-from commit.tracing import sequence_diagram, summarize
+from commit.tooling.fault_requests import link_requests
+from commit.tooling.localcluster import spawn_node
+from commit.node.serve import serve_node
+from commit.tooling.tables import format_table
+from commit.tooling.traces import sequence_diagram, summarize
 from consensus.errors import ClusterError
 
 STOP_GRACE_S = 10.0

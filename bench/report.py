@@ -14,8 +14,8 @@ from typing import Any
 import trio
 
 from commit.config import ClusterConfig, load_config
-from commit.localcluster import LocalCluster
-from commit.tables import format_table
+from commit.tooling.localcluster import LocalCluster
+from commit.tooling.tables import format_table
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

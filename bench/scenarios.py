@@ -39,12 +39,13 @@ import trio
 
 import commit
 from bench.report import progress
-from commit.admin import transaction_trace
-from commit.config import COORDINATED_BY_NODE, shard_group
-from commit.localcluster import LocalCluster
+from commit.tooling.admin import transaction_trace
+from commit.config import shard_group
+from commit.protocols.registry import PROTOCOLS
+from commit.tooling.localcluster import LocalCluster
 from commit.routing import keys_on_each_shard
-from commit.tables import format_table
-from commit.tracing import sequence_diagram, summarize
+from commit.tooling.tables import format_table
+from commit.tooling.traces import sequence_diagram, summarize
 from consensus.errors import ClusterError
 
 NODES = ["n1", "n2", "n3", "n4"]
@@ -77,9 +78,6 @@ class Stage:
     db: commit.Database
     log: Callable[[str], None]
     runs: int = 0
-
-    def coordinator_of(self, protocol: str, leaders: dict[str, str]) -> str:
-        return self.cluster.config.twopc_coordinator if protocol in COORDINATED_BY_NODE else leaders["coord"]
 
     async def reset(self) -> None:
         """Every node running, every link healed, leaders back in place: ready for the next run."""
@@ -207,7 +205,7 @@ async def start_held_transfer(stage: Stage, protocol: str, point: str, shards: l
     keys = {s: keys[s] for s in shards}
     for key in keys.values():
         await stage.db.put(key, START_BALANCE)
-    coordinator = stage.coordinator_of(protocol, await stage.cluster.leaders())
+    coordinator = await stage.cluster.coordinator_of(protocol)
     await stage.cluster.hold(coordinator, point)
     tx = commit.Transaction(stage.db, protocol)
     src, *dsts = shards
@@ -253,12 +251,12 @@ async def coordinator_crash(stage: Stage, protocol: str, point: str = "coordinat
     stage.log(f"\n== {protocol}: kill -9 the coordinator at {point} ==")
     async with trio.open_nursery() as client:
         run = await start_held_transfer(stage, protocol, point, ["shard-0", "shard-1"], client)
-        if point == "coordinator.after_decision" and protocol in ("3pc", "3pc-quorum"):
+        if point == "coordinator.after_decision" and PROTOCOLS[protocol].participants_terminate:
             await wait_for_states(stage, run, lambda s: all(v.endswith("precommitted") for v in s.values()),
                                   "every participant precommitted")
         else:
             await wait_for_states(stage, run, _all_prepared, "every participant voted yes")
-        victim = stage.coordinator_of(protocol, await stage.cluster.leaders())
+        victim = await stage.cluster.coordinator_of(protocol)
         stage.cluster.kill(victim)
         run.fault_at = time.monotonic()
         # The client gives up too: a retry would send the whole transaction again (to the restarted or
@@ -387,7 +385,7 @@ async def compare(stage: Stage, transactions: int = 10) -> dict[str, Any]:
         run = await coordinator_crash(stage, protocol)
         runs.append(run)
         next(r for r in rows if r["protocol"] == protocol)["coordinator_crash"] = _crash_cell(run)
-    for protocol in ("3pc", "3pc-quorum"):
+    for protocol in (p for p in COMPARED if PROTOCOLS[p].participants_terminate):  # those with a PreCommit
         await stage.reset()
         run = await partition_after_one_precommit(stage, protocol)
         runs.append(run)
@@ -461,7 +459,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(result, indent=2, default=str))
     else:
         print(render(result, NODES))
-    return 1 if any(r["split"] and r["protocol"] != "3pc" for r in result["runs"]) else 0
+    return 1 if any(r["split"] and not PROTOCOLS[r["protocol"]].splits_under_partition for r in result["runs"]) else 0
 
 
 if __name__ == "__main__":

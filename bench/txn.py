@@ -31,12 +31,12 @@ import trio
 import commit
 from bench.harness import run_phase
 from bench.report import open_cluster, progress, write_report
-from commit.admin import transaction_trace
-from commit.config import COORDINATED_BY_NODE, PROTOCOLS
-from commit.localcluster import LocalCluster
+from commit.tooling.admin import transaction_trace
+from commit.config import PROTOCOLS
+from commit.tooling.localcluster import LocalCluster
 from commit.routing import keys_on_each_shard
-from commit.tables import format_table
-from commit.tracing import summarize
+from commit.tooling.tables import format_table
+from commit.tooling.traces import summarize
 
 COLUMNS = ("protocol", "shards", "clients", "ops_per_s", "p50_ms", "p99_ms", "abort_rate", "msgs", "forced",
            "delays")
@@ -60,8 +60,7 @@ async def _probe_costs(config: Any, protocol: str, shards: int) -> dict[str, int
 async def _blocked_time(cluster: LocalCluster, protocol: str, outage_s: float, round_: int) -> dict[str, Any]:
     src, dst = [keys[0] for keys in keys_on_each_shard(f"crash-{protocol}-{round_}-", 1, cluster.shards)[:2]]
     async with commit.connect(cluster.config) as db, trio.open_nursery() as nursery:
-        leaders = await cluster.leaders()
-        victim = cluster.config.twopc_coordinator if protocol in COORDINATED_BY_NODE else leaders["coord"]
+        victim = await cluster.coordinator_of(protocol)
         tx = await cluster.start_held_transfer(db, protocol, "coordinator.after_votes", src, dst, nursery)
         cluster.kill(victim)
         killed = time.monotonic()

@@ -35,7 +35,7 @@ import trio
 from commit.config import COORDINATOR_GROUP, ClusterConfig, load_config, shard_group
 from commit.routing import Key, key_bytes, shard_of
 from commit.errors import Conflict
-from commit.peers import Peers
+from commit.status import status as status_of
 from commit.transaction import Transaction, run as run_transaction
 from commit.txids import check_txid
 from commit.values import Versioned, pack_value, unpack_value
@@ -163,7 +163,7 @@ class Database:
         stays ``pending``. The participants must be all of txid's, exactly (the txid binds them): any
         other list is answered ``unknown`` and changes nothing.
         """
-        return await Peers(self).status(check_txid(txid), tuple(participants))
+        return await status_of(self, check_txid(txid), tuple(participants))
 
     async def new_epoch(self) -> int:
         """A fresh number from the coordinator group, larger than any handed out before."""

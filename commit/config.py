@@ -17,8 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from consensus.settings import Durability, GroupSpec, RaftSettings
+from commit.protocols.registry import NAMES as PROTOCOLS
 from consensus.rpc import RpcSettings
+from consensus.settings import Durability, GroupSpec, RaftSettings
 
 COORDINATOR_GROUP = "coord"
 
@@ -60,10 +61,6 @@ class Timeouts:
     startup_s: float = 30.0
 
 
-PROTOCOLS = ("2pc", "raft-2pc", "paxos-commit", "fast-paxos-commit", "3pc", "3pc-quorum")
-COORDINATED_BY_NODE = ("2pc", "3pc", "3pc-quorum")  # by the one node ``transactions.twopc_coordinator``
-COORDINATED_BY_GROUP = ("raft-2pc", "paxos-commit", "fast-paxos-commit")  # by the coordinator group's leader
-THREE_PHASE = ("3pc", "3pc-quorum")
 
 
 @dataclass(frozen=True)

@@ -38,9 +38,10 @@ from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
 import trio
 
-from commit.config import COORDINATED_BY_NODE, COORDINATOR_GROUP, PROTOCOLS, THREE_PHASE, shard_group
-from commit.coordinator import ABORTED, COMMITTED
+from commit.config import COORDINATOR_GROUP, shard_group
+from commit.outcomes import ABORTED, COMMITTED
 from commit.errors import CommitUnknown, Conflict
+from commit.protocols.registry import PROTOCOLS, Coordinator
 from commit.routing import Key, key_bytes, shard_of
 from commit.txids import new_txid
 from commit.values import Versioned, unpack_value
@@ -132,9 +133,10 @@ class Transaction:
             else:
                 self.txid = new_txid(self.protocol, self.participants)
                 params = {"txid": self.txid, "participants": participants}
-                if self.protocol in COORDINATED_BY_NODE:
+                spec = PROTOCOLS[self.protocol]
+                if spec.coordinator is Coordinator.NODE:
                     call = self.db.call_node(self.db.config.twopc_coordinator, "txn.commit", params,
-                                             resend_maybe_applied=self.protocol not in THREE_PHASE)
+                                             resend_maybe_applied=spec.resend_commit)
                 else:
                     call = self.db.call_group(COORDINATOR_GROUP, "txn.commit", params)
                 await self._settle(call)

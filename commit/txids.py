@@ -25,14 +25,14 @@ import os
 import re
 from collections.abc import Iterable
 
+from commit.protocols.registry import NAMES, ONE_PHASE, ProtocolSpec, spec
 from consensus.errors import InvalidRequest
 
-ONE_PHASE = "1pc"
 NONCE_BYTES = 16
 DIGEST_BYTES = 8
 _TXID = re.compile(
-    r"(?:(2pc|raft-2pc|paxos-commit|fast-paxos-commit|3pc|3pc-quorum):([0-9a-f]{32})\.([0-9a-f]{16}))"
-    r"|(?:1pc:shard-\d{1,4}:[0-9a-f]{32})"
+    rf"(?:({'|'.join(re.escape(name) for name in NAMES)}):([0-9a-f]{{32}})\.([0-9a-f]{{16}}))"
+    rf"|(?:{ONE_PHASE.name}:shard-\d{{1,4}}:[0-9a-f]{{32}})"
 )
 
 
@@ -45,7 +45,7 @@ def new_txid(protocol: str, participants: Iterable[str] = (), shard: str | None 
     """A fresh txid: one-phase on ``shard``, or a multi-shard one bound to ``participants``."""
     nonce = os.urandom(NONCE_BYTES).hex()
     if shard is not None:
-        return f"{ONE_PHASE}:{shard}:{nonce}"
+        return f"{ONE_PHASE.name}:{shard}:{nonce}"
     return f"{protocol}:{nonce}.{_digest(protocol, nonce, participants)}"
 
 
@@ -58,9 +58,14 @@ def check_txid(txid: object) -> str:
 def authority_of(txid: str) -> tuple[str, str | None]:
     """``(protocol, shard)``: the protocol that decides txid, and its shard for one-phase commits."""
     head, _, _ = txid.rpartition(":")
-    if head.startswith(ONE_PHASE + ":"):
-        return ONE_PHASE, head.split(":", 1)[1]
+    if head.startswith(ONE_PHASE.name + ":"):
+        return ONE_PHASE.name, head.split(":", 1)[1]
     return head, None
+
+
+def protocol_of(txid: str) -> ProtocolSpec:
+    """The spec of the protocol that decides a well-formed txid (``check_txid``)."""
+    return spec(authority_of(txid)[0])
 
 
 def are_participants_of(txid: str, participants: Iterable[str]) -> bool:

@@ -13,7 +13,7 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from commit.localcluster import LocalCluster  # noqa: E402
+from commit.tooling.localcluster import LocalCluster  # noqa: E402
 
 
 @pytest.fixture

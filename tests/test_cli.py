@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from commit.localcluster import ROOT, LocalCluster
+from commit.tooling.localcluster import ROOT, LocalCluster
 
 pytestmark = pytest.mark.cluster
 NODE_PY = str(ROOT / "node.py")

@@ -10,7 +10,7 @@ import trio
 
 import commit
 from tests.conftest import _started
-from commit.localcluster import LocalCluster
+from commit.tooling.localcluster import LocalCluster
 
 pytestmark = pytest.mark.cluster
 

@@ -13,7 +13,7 @@ import commit
 from commit.config import shard_group
 from commit.routing import shard_of
 from consensus.errors import ClusterError
-from commit.localcluster import LocalCluster
+from commit.tooling.localcluster import LocalCluster
 
 pytestmark = pytest.mark.cluster
 

@@ -16,7 +16,7 @@ import commit
 from commit.config import shard_group
 from commit.routing import shard_of
 from consensus.rpc import connect_rpc
-from commit.localcluster import ROOT, LocalCluster
+from commit.tooling.localcluster import ROOT, LocalCluster
 
 pytestmark = pytest.mark.cluster
 

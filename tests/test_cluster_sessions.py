@@ -9,7 +9,7 @@ import pytest
 
 import commit
 from commit.config import shard_group
-from commit.localcluster import LocalCluster
+from commit.tooling.localcluster import LocalCluster
 from commit.routing import keys_on_each_shard, shard_of
 from consensus.rpc import RpcClient
 from tests.conftest import _started

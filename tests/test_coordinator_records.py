@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from commit.coordinator import ABORTED, COMMITTED, PENDING, CoordinatorState, TxnRecord
+from commit.outcomes import ABORTED, COMMITTED, PENDING
+from commit.node.state_machines.coordinator_group import CoordinatorState, TxnRecord
 from consensus.errors import InvalidRequest
 
 A = "raft-2pc:" + "a" * 32

@@ -13,8 +13,9 @@ import trio
 
 import commit
 from commit.config import shard_group
-from commit.faults import LinkFaults, link_requests
-from commit.localcluster import ROOT, LocalCluster
+from commit.node.faults import LinkFaults
+from commit.tooling.fault_requests import link_requests
+from commit.tooling.localcluster import ROOT, LocalCluster
 from commit.routing import keys_on_each_shard
 from consensus.errors import InvalidRequest
 from tests.conftest import _started

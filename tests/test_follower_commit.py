@@ -16,7 +16,7 @@ import pytest
 from pysyncobj import SyncObjConf
 from pysyncobj.node import TCPNode
 
-from commit.localcluster import free_port_block
+from commit.tooling.localcluster import free_port_block
 from consensus.durability import DurableSyncObj
 from consensus.settings import Durability
 

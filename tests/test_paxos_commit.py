@@ -10,11 +10,11 @@ import pytest
 import trio
 
 import commit
-from commit.admin import transaction_trace
+from commit.tooling.admin import transaction_trace
 from commit.config import shard_group
-from commit.localcluster import LocalCluster, commit_in_background
+from commit.tooling.localcluster import LocalCluster, commit_in_background
 from commit.routing import keys_on_each_shard
-from commit.tracing import summarize
+from commit.tooling.traces import summarize
 from tests.conftest import _started
 from tests.test_transactions import quick
 

@@ -13,11 +13,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from commit.outcomes import ABORTED, COMMITTED, PREPARED
 from commit.protocols.paxos_commit import (
-    ABORT,
-    ABORTED,
-    COMMIT,
-    PREPARED,
     RECOVERY_TIMER,
     RESEND_TIMER,
     TRANSITIONS,
@@ -115,9 +112,9 @@ def test_commit_after_f_plus_1_bundled_2b_at_ballot_zero(acceptors):
     for a in acceptors[:f]:
         assert leader.handle(two_b(a, all_prepared())) == []
         assert leader.state == "collecting"
-    assert leader.handle(two_b(acceptors[f], all_prepared(), now=2.0)) == decision(COMMIT, 2.0)
+    assert leader.handle(two_b(acceptors[f], all_prepared(), now=2.0)) == decision(COMMITTED, 2.0)
     assert leader.state == "decided"
-    assert leader.outcome == COMMIT
+    assert leader.outcome == COMMITTED
     assert leader.chosen == all_prepared()
 
 
@@ -143,7 +140,7 @@ def test_commit_needs_a_quorum_for_every_participant_not_just_one():
     assert leader.handle(two_b("a2", {"s1": PREPARED})) == []
     assert leader.state == "collecting"
     # Different quorums per instance are fine.
-    assert leader.handle(two_b("a0", {"s1": PREPARED}, now=3.0)) == decision(COMMIT, 3.0)
+    assert leader.handle(two_b("a0", {"s1": PREPARED}, now=3.0)) == decision(COMMITTED, 3.0)
 
 
 def test_quorum_counts_the_same_value_at_the_same_ballot_only():
@@ -158,31 +155,31 @@ def test_quorum_counts_the_same_value_at_the_same_ballot_only():
 @pytest.mark.parametrize("bundle", [{"s1": ABORTED}, {"s0": PREPARED, "s1": ABORTED}])
 def test_abort_as_soon_as_one_2b_carries_aborted_at_ballot_zero(bundle):
     leader = started()
-    assert leader.handle(two_b("a2", bundle, now=1.5)) == decision(ABORT, 1.5, no_votes=("s1",))
+    assert leader.handle(two_b("a2", bundle, now=1.5)) == decision(ABORTED, 1.5, no_votes=("s1",))
     assert leader.state == "decided"
-    assert leader.outcome == ABORT
+    assert leader.outcome == ABORTED
 
 
 def test_abort_after_some_prepared():
     leader = started()
     assert leader.handle(two_b("a0", {"s0": PREPARED})) == []
     assert leader.handle(two_b("a1", {"s0": PREPARED})) == []
-    assert leader.handle(two_b("a0", {"s1": ABORTED}, now=2.0)) == decision(ABORT, 2.0, no_votes=("s1",))
+    assert leader.handle(two_b("a0", {"s1": ABORTED}, now=2.0)) == decision(ABORTED, 2.0, no_votes=("s1",))
 
 
 def test_one_aborted_2b_at_a_recovery_ballot_is_not_a_decision():
     leader = recovering()
     assert leader.handle(two_b("a0", {"s0": ABORTED, "s1": ABORTED}, ballot=B1)) == []
     assert leader.state == "recovering"
-    assert leader.handle(two_b("a1", {"s0": ABORTED}, ballot=B1, now=6.0)) == decision(ABORT, 6.0)
+    assert leader.handle(two_b("a1", {"s0": ABORTED}, ballot=B1, now=6.0)) == decision(ABORTED, 6.0)
 
 
 # -- acks, resend, finish -------------------------------------------------------------------
 
 
-def decided(outcome=COMMIT, participants=PARTS, **kwargs) -> PaxosCommitLeader:
+def decided(outcome=COMMITTED, participants=PARTS, **kwargs) -> PaxosCommitLeader:
     leader = started(participants=participants, **kwargs)
-    values = all_prepared(participants) if outcome == COMMIT else {participants[0]: ABORTED}
+    values = all_prepared(participants) if outcome == COMMITTED else {participants[0]: ABORTED}
     leader.handle(two_b("a0", values))
     leader.handle(two_b("a1", values, now=2.0))
     assert leader.state == "decided" and leader.outcome == outcome
@@ -190,40 +187,40 @@ def decided(outcome=COMMIT, participants=PARTS, **kwargs) -> PaxosCommitLeader:
 
 
 def test_finished_only_after_every_participant_acked():
-    leader = decided(COMMIT)
+    leader = decided(COMMITTED)
     assert leader.handle(Acked(now=3.0, participant="s1")) == []
     assert leader.handle(Acked(now=3.1, participant="s1")) == []
     assert leader.state == "decided"
-    assert leader.handle(Acked(now=3.2, participant="s0")) == [Finished(outcome=COMMIT)]
+    assert leader.handle(Acked(now=3.2, participant="s0")) == [Finished(outcome=COMMITTED)]
     assert leader.state == "done"
     assert leader.handle(Acked(now=3.3, participant="s0")) == []
     assert leader.handle(TimerFired(now=4.0, name=RESEND_TIMER)) == []
 
 
 def test_resend_timer_resends_only_to_the_unacked():
-    leader = decided(ABORT, participants=("s0", "s1", "s2"))
+    leader = decided(ABORTED, participants=("s0", "s1", "s2"))
     assert leader.handle(Acked(now=2.5, participant="s1")) == []
     assert leader.handle(TimerFired(now=3.0, name=RESEND_TIMER)) == [
-        SendDecision(participant="s0", outcome=ABORT),
-        SendDecision(participant="s2", outcome=ABORT),
+        SendDecision(participant="s0", outcome=ABORTED),
+        SendDecision(participant="s2", outcome=ABORTED),
         SetTimer(name=RESEND_TIMER, deadline=3.0 + RESEND),
     ]
     assert leader.handle(Acked(now=3.5, participant="s2")) == []
     assert leader.handle(TimerFired(now=4.0, name=RESEND_TIMER)) == [
-        SendDecision(participant="s0", outcome=ABORT),
+        SendDecision(participant="s0", outcome=ABORTED),
         SetTimer(name=RESEND_TIMER, deadline=4.0 + RESEND),
     ]
-    assert leader.handle(Acked(now=4.5, participant="s0")) == [Finished(outcome=ABORT)]
+    assert leader.handle(Acked(now=4.5, participant="s0")) == [Finished(outcome=ABORTED)]
 
 
 def test_stale_messages_and_other_timers_after_the_decision_are_ignored():
-    leader = decided(COMMIT)
+    leader = decided(COMMITTED)
     assert leader.handle(two_b("a2", {"s0": ABORTED})) == []
     assert leader.handle(two_b("a2", {"s0": ABORTED}, ballot=B1)) == []
     assert leader.handle(one_b("a0", {}, B1)) == []
     assert leader.handle(TimerFired(now=9.0, name=VOTES_TIMER)) == []
     assert leader.handle(TimerFired(now=9.0, name=RECOVERY_TIMER)) == []
-    assert leader.outcome == COMMIT and leader.state == "decided"
+    assert leader.outcome == COMMITTED and leader.state == "decided"
 
 
 # -- recovery ---------------------------------------------------------------------------------
@@ -348,7 +345,7 @@ def test_one_acceptor_reporting_a_no_vote_in_phase_1b_ends_the_recovery():
     leader = recovering()
     accepted = {"s0": (BALLOT_ZERO, PREPARED), "s1": (BALLOT_ZERO, ABORTED)}
     assert leader.handle(one_b("a2", accepted, B1, promised=False, promise=(7, 2, 1), now=6.0)) == decision(
-        ABORT, 6.0, no_votes=("s1",))
+        ABORTED, 6.0, no_votes=("s1",))
 
 
 def test_a_value_refused_phase_1bs_agree_on_is_chosen():
@@ -358,7 +355,7 @@ def test_a_value_refused_phase_1bs_agree_on_is_chosen():
     accepted = {"s0": (theirs, PREPARED), "s1": (theirs, PREPARED)}
     assert leader.handle(one_b("a0", accepted, B1, promised=False, promise=theirs)) == []
     assert leader.handle(one_b("a1", accepted, B1, promised=False, promise=theirs, now=7.0)) == decision(
-        COMMIT, 7.0)
+        COMMITTED, 7.0)
 
 
 def test_not_promised_phase_1b_is_ignored():
@@ -374,7 +371,7 @@ def test_not_promised_phase_1b_is_ignored():
     ]
 
 
-@pytest.mark.parametrize("value, outcome", [(PREPARED, COMMIT), (ABORTED, ABORT)])
+@pytest.mark.parametrize("value, outcome", [(PREPARED, COMMITTED), (ABORTED, ABORTED)])
 def test_phase_2b_from_a_quorum_at_the_recovery_ballot_decides(value, outcome):
     leader = recovering()
     leader.handle(one_b("a0", {"s0": (BALLOT_ZERO, PREPARED), "s1": (BALLOT_ZERO, PREPARED)}, B1))
@@ -402,19 +399,19 @@ def test_recover_from_idle_runs_phase_1_for_every_participant():
 def test_late_ballot_zero_quorum_during_recovery_still_decides():
     leader = recovering()
     leader.handle(two_b("a0", all_prepared()))
-    assert leader.handle(two_b("a2", all_prepared(), now=6.0)) == decision(COMMIT, 6.0)
+    assert leader.handle(two_b("a2", all_prepared(), now=6.0)) == decision(COMMITTED, 6.0)
 
 
 # -- Faster Paxos Commit ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("outcome", [COMMIT, ABORT])
+@pytest.mark.parametrize("outcome", [COMMITTED, ABORTED])
 def test_fast_normal_path_replies_and_finishes_without_sending_decisions(outcome):
     leader = started(fast=True)
-    values = all_prepared() if outcome == COMMIT else {"s0": ABORTED}
-    effects = [] if outcome == ABORT else leader.handle(two_b("a0", values))
+    values = all_prepared() if outcome == COMMITTED else {"s0": ABORTED}
+    effects = [] if outcome == ABORTED else leader.handle(two_b("a0", values))
     assert effects == []
-    reply = Reply(outcome=outcome, no_votes=("s0",)) if outcome == ABORT else Reply(outcome=outcome)
+    reply = Reply(outcome=outcome, no_votes=("s0",)) if outcome == ABORTED else Reply(outcome=outcome)
     assert leader.handle(two_b("a1", values, now=2.0)) == [reply, Finished(outcome=outcome)]
     assert leader.state == "done"
     assert leader.handle(Acked(now=3.0, participant="s0")) == []
@@ -429,15 +426,15 @@ def test_fast_after_a_recovery_sends_decisions():
     ]
     leader.handle(two_b("a0", {"s0": ABORTED, "s1": ABORTED}, ballot=B1))
     assert leader.handle(two_b("a1", {"s0": ABORTED, "s1": ABORTED}, ballot=B1, now=8.0)) == decision(
-        ABORT, 8.0, reason="no vote from s0, s1 reached the acceptors in time")
+        ABORTED, 8.0, reason="no vote from s0, s1 reached the acceptors in time")
     assert leader.handle(Acked(now=9.0, participant="s0")) == []
-    assert leader.handle(Acked(now=9.0, participant="s1")) == [Finished(outcome=ABORT)]
+    assert leader.handle(Acked(now=9.0, participant="s1")) == [Finished(outcome=ABORTED)]
 
 
 def test_fast_recovered_leader_sends_decisions_even_for_a_ballot_zero_quorum():
     leader = recovering(fast=True)
     leader.handle(two_b("a0", all_prepared()))
-    assert leader.handle(two_b("a1", all_prepared(), now=6.0)) == decision(COMMIT, 6.0)
+    assert leader.handle(two_b("a1", all_prepared(), now=6.0)) == decision(COMMITTED, 6.0)
 
 
 # -- protocol errors ----------------------------------------------------------------------------
@@ -459,7 +456,7 @@ def in_state(state: str) -> PaxosCommitLeader:
         return started()
     if state == "recovering":
         return recovering()
-    leader = decided(COMMIT)
+    leader = decided(COMMITTED)
     if state == "done":
         leader.handle(Acked(now=3.0, participant="s0"))
         leader.handle(Acked(now=3.0, participant="s1"))
@@ -641,15 +638,15 @@ def test_outcome_is_commit_iff_every_participant_chose_prepared(data):
     for p, values in chosen.items():
         assert len(values) <= 1, f"{p}: chosen {values} (history {world.history})"
     everyone_prepared = all(chosen[p] == {PREPARED} for p in participants)
-    assert final == (COMMIT if everyone_prepared else ABORT)
-    if final == ABORT:
+    assert final == (COMMITTED if everyone_prepared else ABORTED)
+    if final == ABORTED:
         # Some instance chose "aborted", or an acceptor holds "aborted" at ballot 0 for it: only its
         # participant proposes there, so it voted no and "prepared" can never be chosen for it (the
         # leader may decide from that alone, without a quorum choosing "aborted").
         no_vote_seen = {p for _, p, b, v in world.history if b == BALLOT_ZERO and v == ABORTED}
         assert any(chosen[p] == {ABORTED} or p in no_vote_seen for p in participants), world.history
     if world.replies:
-        assert world.replies[0] == (COMMIT if everyone_prepared else ABORT), world.history
+        assert world.replies[0] == (COMMITTED if everyone_prepared else ABORTED), world.history
     # Sanity of the model: "prepared" can be chosen only for a participant that voted so.
     for p in participants:
         if chosen[p] == {PREPARED}:

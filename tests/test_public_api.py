@@ -28,7 +28,9 @@ def test_all_names_exist() -> None:
         assert hasattr(commit, name), name
 
 
-def test_client_import_does_not_pull_in_pysyncobj_or_node_modules() -> None:
-    code = "import sys, commit; print(sorted(m for m in sys.modules if m.startswith(('pysyncobj', 'commit.server', 'commit.service', 'consensus.group'))))"
+def test_client_import_loads_no_node_side_or_tooling_module() -> None:
+    """``import commit`` is the client library: no node process code, no PySyncObj, no tooling."""
+    code = ("import sys, commit; print(sorted(m for m in sys.modules if m.startswith(("
+            "'pysyncobj', 'commit.node', 'commit.tooling', 'consensus.group', 'consensus.durability'))))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout

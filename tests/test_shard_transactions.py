@@ -13,7 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from commit.errors import Conflict
-from commit.shard import ABORTED, ABSENT, COMMITTED, PREPARED, Cell, Lock, Prepared, ShardState
+from commit.outcomes import ABORTED, COMMITTED, PREPARED
+from commit.node.state_machines.shard import ABSENT, Cell, Lock, Prepared, ShardState
 from consensus.errors import InternalError
 
 T1 = "raft-2pc:" + "1" * 32

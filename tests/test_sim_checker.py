@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from commit.protocols.two_phase import Event, ProtocolError, TwoPhaseCoordinator, Vote
-from commit.shard import ShardState
+from commit.node.state_machines.shard import ShardState
 from tests.sim.base import ABORTED, COMMITTED, PREPARED, Decided, ShardChanged, ShardRefused
 from tests.sim.runs import first_failure
 from tests.sim.world import PENDING, HistoryEntry, Replied, World, check

@@ -42,7 +42,7 @@ from commit.protocols.three_phase import (
     Vote,
 )
 from commit.protocols.two_phase import ProtocolError
-from commit.shard import ShardState
+from commit.node.state_machines.shard import ShardState
 from tests.sim.base import ABORTED, COMMITTED, PREPARED, Decided, ShardChanged, ShardRefused, SimulationFailure
 from tests.sim.runs import SEEDS, first_failure
 from tests.sim.three_phase_world import HistoryEntry, PhaseChanged, ThreePhaseWorld, check

@@ -12,11 +12,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from commit.coordinator import CoordinatorState
+from commit.node.state_machines.coordinator_group import CoordinatorState
 from commit.errors import CommitUnknown, Conflict
 from commit.routing import key_bytes, shard_of
-from commit.shard import ABSENT, Cell, ShardState
-from commit.tables import format_table
+from commit.node.state_machines.shard import ABSENT, Cell, ShardState
+from commit.tooling.tables import format_table
 from consensus import auth
 from consensus.errors import (
     ClusterError,

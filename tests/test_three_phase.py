@@ -23,7 +23,7 @@ import trio
 
 import commit
 from commit.config import shard_group
-from commit.localcluster import LocalCluster
+from commit.tooling.localcluster import LocalCluster
 from commit.routing import keys_on_each_shard
 from commit.txids import new_txid
 from consensus.errors import ClusterError, InvalidRequest, NotLeader

@@ -6,8 +6,9 @@ import itertools
 
 import pytest
 
-from commit import tracing
-from commit.tracing import Tracer, sequence_diagram, summarize
+from commit.node import tracing
+from commit.node.tracing import Tracer
+from commit.tooling.traces import sequence_diagram, summarize
 
 WIDTH = 18  # one column per node in the diagram
 

@@ -12,7 +12,7 @@ import trio
 
 import commit
 from commit.config import ClusterConfig, shard_group
-from commit.localcluster import LocalCluster
+from commit.tooling.localcluster import LocalCluster
 from commit.routing import keys_on_each_shard
 from commit.txids import new_txid
 from tests.bank import run_bank

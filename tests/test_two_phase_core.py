@@ -6,9 +6,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from commit.outcomes import ABORTED, COMMITTED
 from commit.protocols.two_phase import (
-    ABORT,
-    COMMIT,
     RESEND_TIMER,
     TRANSITIONS,
     VOTES_TIMER,
@@ -94,7 +93,7 @@ def test_start_raft_2pc_persists_begin_before_any_prepare():
     assert coord.yes_votes == set()
 
 
-@pytest.mark.parametrize("outcome", [COMMIT, ABORT])
+@pytest.mark.parametrize("outcome", [COMMITTED, ABORTED])
 def test_begin_finding_the_txn_already_decided_adopts_the_decision(outcome):
     # The record was fenced (or decided by another leader) before our begin landed.
     coord = make(record_begin=True)
@@ -112,14 +111,14 @@ def test_all_yes_commits_then_finishes_after_all_acks(record_begin):
     coord = collecting(record_begin)
     assert coord.handle(Vote(now=2.0, participant="s0", yes=True)) == []
     assert coord.state == "collecting"
-    assert coord.handle(Vote(now=2.5, participant="s1", yes=True)) == [PersistDecision(outcome=COMMIT)]
+    assert coord.handle(Vote(now=2.5, participant="s1", yes=True)) == [PersistDecision(outcome=COMMITTED)]
     assert coord.state == "persisting"
-    assert coord.handle(Persisted(now=3.0, outcome=COMMIT)) == decision(COMMIT, 3.0)
+    assert coord.handle(Persisted(now=3.0, outcome=COMMITTED)) == decision(COMMITTED, 3.0)
     assert coord.state == "decided"
-    assert coord.outcome == COMMIT
+    assert coord.outcome == COMMITTED
     assert coord.handle(Acked(now=3.5, participant="s1")) == []
     assert coord.state == "decided"
-    assert coord.handle(Acked(now=4.0, participant="s0")) == [Finished(outcome=COMMIT)]
+    assert coord.handle(Acked(now=4.0, participant="s0")) == [Finished(outcome=COMMITTED)]
     assert coord.state == "done"
 
 
@@ -129,11 +128,11 @@ def test_any_no_aborts_at_once(record_begin, no_from):
     coord = collecting(record_begin)
     if no_from == "s1":
         assert coord.handle(Vote(now=2.0, participant="s0", yes=True)) == []
-    assert coord.handle(Vote(now=2.1, participant=no_from, yes=False)) == [PersistDecision(outcome=ABORT)]
+    assert coord.handle(Vote(now=2.1, participant=no_from, yes=False)) == [PersistDecision(outcome=ABORTED)]
     assert coord.state == "persisting"
-    assert coord.handle(Persisted(now=2.2, outcome=ABORT)) == decision(ABORT, 2.2, no_votes=(no_from,))
+    assert coord.handle(Persisted(now=2.2, outcome=ABORTED)) == decision(ABORTED, 2.2, no_votes=(no_from,))
     assert coord.handle(Acked(now=3.0, participant="s0")) == []
-    assert coord.handle(Acked(now=3.0, participant="s1")) == [Finished(outcome=ABORT)]
+    assert coord.handle(Acked(now=3.0, participant="s1")) == [Finished(outcome=ABORTED)]
     assert coord.state == "done"
 
 
@@ -141,38 +140,38 @@ def test_any_no_aborts_at_once(record_begin, no_from):
 def test_vote_timer_aborts(record_begin):
     coord = collecting(record_begin)
     assert coord.handle(Vote(now=2.0, participant="s0", yes=True)) == []
-    assert coord.handle(TimerFired(now=6.0, name=VOTES_TIMER)) == [PersistDecision(outcome=ABORT)]
+    assert coord.handle(TimerFired(now=6.0, name=VOTES_TIMER)) == [PersistDecision(outcome=ABORTED)]
     assert coord.state == "persisting"
     # The missing yes arrives while the abort is being persisted: too late.
     assert coord.handle(Vote(now=6.1, participant="s1", yes=True)) == []
-    assert coord.handle(Persisted(now=6.2, outcome=ABORT)) == decision(
-        ABORT, 6.2, reason=f"no vote from s1 within {VOTE_TIMEOUT}s")
-    assert coord.outcome == ABORT
+    assert coord.handle(Persisted(now=6.2, outcome=ABORTED)) == decision(
+        ABORTED, 6.2, reason=f"no vote from s1 within {VOTE_TIMEOUT}s")
+    assert coord.outcome == ABORTED
 
 
 @pytest.mark.parametrize("record_begin", [True, False])
 def test_cas_returning_abort_for_a_requested_commit_is_adopted(record_begin):
     coord = collecting(record_begin)
     coord.handle(Vote(now=2.0, participant="s0", yes=True))
-    assert coord.handle(Vote(now=2.0, participant="s1", yes=True)) == [PersistDecision(outcome=COMMIT)]
+    assert coord.handle(Vote(now=2.0, participant="s1", yes=True)) == [PersistDecision(outcome=COMMITTED)]
     # A recovering leader fenced the txn first: the store holds abort.
-    assert coord.handle(Persisted(now=3.0, outcome=ABORT)) == decision(ABORT, 3.0)
-    assert coord.outcome == ABORT
+    assert coord.handle(Persisted(now=3.0, outcome=ABORTED)) == decision(ABORTED, 3.0)
+    assert coord.outcome == ABORTED
     assert coord.handle(TimerFired(now=4.0, name=RESEND_TIMER)) == [
-        SendDecision(participant="s0", outcome=ABORT),
-        SendDecision(participant="s1", outcome=ABORT),
+        SendDecision(participant="s0", outcome=ABORTED),
+        SendDecision(participant="s1", outcome=ABORTED),
         SetTimer(name=RESEND_TIMER, deadline=5.0),
     ]
     assert coord.handle(Acked(now=4.1, participant="s0")) == []
-    assert coord.handle(Acked(now=4.1, participant="s1")) == [Finished(outcome=ABORT)]
+    assert coord.handle(Acked(now=4.1, participant="s1")) == [Finished(outcome=ABORTED)]
 
 
 @pytest.mark.parametrize("record_begin", [True, False])
 def test_cas_returning_commit_for_a_requested_abort_is_adopted(record_begin):
     coord = collecting(record_begin)
-    assert coord.handle(TimerFired(now=6.0, name=VOTES_TIMER)) == [PersistDecision(outcome=ABORT)]
-    assert coord.handle(Persisted(now=6.5, outcome=COMMIT)) == decision(COMMIT, 6.5)
-    assert coord.outcome == COMMIT
+    assert coord.handle(TimerFired(now=6.0, name=VOTES_TIMER)) == [PersistDecision(outcome=ABORTED)]
+    assert coord.handle(Persisted(now=6.5, outcome=COMMITTED)) == decision(COMMITTED, 6.5)
+    assert coord.outcome == COMMITTED
 
 
 # -- recovery ----------------------------------------------------------------------
@@ -184,11 +183,11 @@ def test_recover_without_outcome_resends_prepares(record_begin):
     assert coord.handle(Recover(now=20.0, outcome=None)) == prepares(20.0)
     assert coord.state == "collecting"
     coord.handle(Vote(now=21.0, participant="s0", yes=True))
-    assert coord.handle(Vote(now=21.0, participant="s1", yes=True)) == [PersistDecision(outcome=COMMIT)]
+    assert coord.handle(Vote(now=21.0, participant="s1", yes=True)) == [PersistDecision(outcome=COMMITTED)]
 
 
 @pytest.mark.parametrize("record_begin", [True, False])
-@pytest.mark.parametrize("outcome", [COMMIT, ABORT])
+@pytest.mark.parametrize("outcome", [COMMITTED, ABORTED])
 def test_recover_with_outcome_resends_the_decision(record_begin, outcome):
     coord = make(record_begin)
     assert coord.handle(Recover(now=20.0, outcome=outcome)) == decision(outcome, 20.0)
@@ -207,21 +206,21 @@ def test_resend_timer_resends_only_to_unacked_participants():
     for p in parts:
         coord.handle(Vote(now=2.0, participant=p, yes=True))
     assert coord.state == "persisting"
-    assert coord.handle(Persisted(now=3.0, outcome=COMMIT)) == decision(COMMIT, 3.0, parts)
+    assert coord.handle(Persisted(now=3.0, outcome=COMMITTED)) == decision(COMMITTED, 3.0, parts)
     assert coord.handle(Acked(now=3.2, participant="s0")) == []
     assert coord.handle(TimerFired(now=4.0, name=RESEND_TIMER)) == [
-        SendDecision(participant="s1", outcome=COMMIT),
-        SendDecision(participant="s2", outcome=COMMIT),
-        SendDecision(participant="s3", outcome=COMMIT),
+        SendDecision(participant="s1", outcome=COMMITTED),
+        SendDecision(participant="s2", outcome=COMMITTED),
+        SendDecision(participant="s3", outcome=COMMITTED),
         SetTimer(name=RESEND_TIMER, deadline=5.0),
     ]
     coord.handle(Acked(now=4.5, participant="s2"))
     coord.handle(Acked(now=4.5, participant="s3"))
     assert coord.handle(TimerFired(now=5.0, name=RESEND_TIMER)) == [
-        SendDecision(participant="s1", outcome=COMMIT),
+        SendDecision(participant="s1", outcome=COMMITTED),
         SetTimer(name=RESEND_TIMER, deadline=6.0),
     ]
-    assert coord.handle(Acked(now=5.5, participant="s1")) == [Finished(outcome=COMMIT)]
+    assert coord.handle(Acked(now=5.5, participant="s1")) == [Finished(outcome=COMMITTED)]
     # Done: a last timer sends nothing.
     assert coord.handle(TimerFired(now=6.0, name=RESEND_TIMER)) == []
 
@@ -237,28 +236,28 @@ def test_duplicate_and_late_events_are_ignored():
     assert coord.handle(Persisted(now=2.1, outcome="pending")) == []  # duplicate begin ack
     assert coord.state == "collecting"
     assert coord.handle(TimerFired(now=2.2, name=RESEND_TIMER)) == []  # not our timer yet
-    assert coord.handle(Vote(now=2.5, participant="s1", yes=True)) == [PersistDecision(outcome=COMMIT)]
+    assert coord.handle(Vote(now=2.5, participant="s1", yes=True)) == [PersistDecision(outcome=COMMITTED)]
     # While persisting: no second decision, whatever arrives.
     assert coord.handle(Vote(now=2.6, participant="s1", yes=False)) == []
     assert coord.handle(TimerFired(now=6.0, name=VOTES_TIMER)) == []
     assert coord.handle(TimerFired(now=6.0, name=RESEND_TIMER)) == []
     assert coord.state == "persisting"
-    assert coord.handle(Persisted(now=6.1, outcome=COMMIT)) == decision(COMMIT, 6.1)
+    assert coord.handle(Persisted(now=6.1, outcome=COMMITTED)) == decision(COMMITTED, 6.1)
     # Decided: late votes, the vote timer and a duplicate Persisted change nothing.
     assert coord.handle(Vote(now=6.2, participant="s0", yes=False)) == []
     assert coord.handle(TimerFired(now=6.3, name=VOTES_TIMER)) == []
-    assert coord.handle(Persisted(now=6.4, outcome=ABORT)) == []
-    assert coord.outcome == COMMIT
+    assert coord.handle(Persisted(now=6.4, outcome=ABORTED)) == []
+    assert coord.outcome == COMMITTED
     assert coord.handle(Acked(now=7.0, participant="s0")) == []
     assert coord.handle(Acked(now=7.0, participant="s0")) == []  # duplicate ack
     assert coord.state == "decided"
-    assert coord.handle(Acked(now=7.1, participant="s1")) == [Finished(outcome=COMMIT)]
+    assert coord.handle(Acked(now=7.1, participant="s1")) == [Finished(outcome=COMMITTED)]
     # Done: everything late is ignored, and Finished is emitted once.
     for event in [
         Acked(now=8.0, participant="s1"),
         Acked(now=8.0, participant="s0"),
         Vote(now=8.0, participant="s0", yes=True),
-        Persisted(now=8.0, outcome=COMMIT),
+        Persisted(now=8.0, outcome=COMMITTED),
         TimerFired(now=8.0, name=RESEND_TIMER),
         TimerFired(now=8.0, name=VOTES_TIMER),
     ]:
@@ -282,7 +281,7 @@ def reach(state: str) -> TwoPhaseCoordinator:
     coord.handle(Vote(now=2.0, participant="s0", yes=False))
     if state == "persisting":
         return coord
-    coord.handle(Persisted(now=3.0, outcome=ABORT))
+    coord.handle(Persisted(now=3.0, outcome=ABORTED))
     if state == "decided":
         return coord
     coord.handle(Acked(now=4.0, participant="s0"))
@@ -294,8 +293,8 @@ def reach(state: str) -> TwoPhaseCoordinator:
 ALL_EVENTS = [
     Start(now=9.0),
     Recover(now=9.0, outcome=None),
-    Recover(now=9.0, outcome=COMMIT),
-    Persisted(now=9.0, outcome=COMMIT),
+    Recover(now=9.0, outcome=COMMITTED),
+    Persisted(now=9.0, outcome=COMMITTED),
     Vote(now=9.0, participant="s0", yes=True),
     Acked(now=9.0, participant="s0"),
     TimerFired(now=9.0, name=RESEND_TIMER),
@@ -407,7 +406,7 @@ def test_no_one_hears_a_decision_before_it_is_durable(record_begin, nparts, star
     elif start == "recover-none":
         feed(Recover(now=now, outcome=None))
     else:
-        durable = COMMIT if start == "recover-commit" else ABORT
+        durable = COMMITTED if start == "recover-commit" else ABORTED
         feed(Recover(now=now, outcome=durable))
 
     for _ in range(data.draw(st.integers(0, 30), label="steps")):
@@ -424,12 +423,12 @@ def test_no_one_hears_a_decision_before_it_is_durable(record_begin, nparts, star
         if choice == "persisted":
             persist, pending_persist = pending_persist, None
             if isinstance(persist, PersistBegin):
-                stored = data.draw(st.sampled_from(["pending", COMMIT, ABORT]))
+                stored = data.draw(st.sampled_from(["pending", COMMITTED, ABORTED]))
             elif durable is not None:
                 stored = durable  # CAS: the first decision stays
             else:
-                stored = data.draw(st.sampled_from([persist.outcome, COMMIT, ABORT]))
-            if stored in (COMMIT, ABORT):
+                stored = data.draw(st.sampled_from([persist.outcome, COMMITTED, ABORTED]))
+            if stored in (COMMITTED, ABORTED):
                 if durable is None:
                     durable = stored
                 stored = durable

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from commit import txlog
-from commit.txids import ONE_PHASE, are_participants_of, authority_of, check_participants, check_txid, new_txid
-from commit.txlog import DecisionLog, LoggedDecision
+from commit.node import decision_log as txlog
+from commit.node.decision_log import DecisionLog, LoggedDecision
+from commit.protocols.registry import ONE_PHASE
+from commit.txids import are_participants_of, authority_of, check_participants, check_txid, new_txid, protocol_of
 from consensus.errors import InvalidRequest
 
 A = "2pc:" + "a" * 32
@@ -247,7 +248,8 @@ def test_new_txid_one_phase_format(shard):
     txid = new_txid("raft-2pc", shard=shard)  # a shard means one-phase, whatever the protocol
     assert re.fullmatch(rf"1pc:{shard}:{HEX32}", txid)
     assert check_txid(txid) == txid
-    assert authority_of(txid) == (ONE_PHASE, shard)
+    assert authority_of(txid) == (ONE_PHASE.name, shard)
+    assert protocol_of(txid) is ONE_PHASE
 
 
 def test_new_txids_are_unique():

@@ -48,6 +48,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from commit.outcomes import ABORTED, COMMITTED, PREPARED
 from commit.protocols.two_phase import (
     Acked,
     Finished,
@@ -61,10 +62,6 @@ from commit.protocols.two_phase import (
 )
 from consensus.paxos import BALLOT_ZERO, Ballot
 
-PREPARED = "prepared"
-ABORTED = "aborted"
-COMMIT = "committed"
-ABORT = "aborted"
 
 VOTES_TIMER = "votes"
 RECOVERY_TIMER = "recovery"
@@ -225,9 +222,9 @@ class PaxosCommitLeader:
 
     def _maybe_decide(self, now: float) -> list[Effect]:
         if any(v == ABORTED for v in self.chosen.values()):
-            return self._decide(ABORT, now)
+            return self._decide(ABORTED, now)
         if all(self.chosen.get(p) == PREPARED for p in self.participants):
-            return self._decide(COMMIT, now)
+            return self._decide(COMMITTED, now)
         return []
 
     def _phase1(self, now: float) -> list[Effect]:
@@ -273,7 +270,7 @@ class PaxosCommitLeader:
         self.state = "decided"
         self.outcome = outcome
         reply = Reply(outcome=outcome)
-        if outcome == ABORT:
+        if outcome == ABORTED:
             unvoted = [p for p in self.unvoted if self.chosen.get(p) == ABORTED]
             reason = f"no vote from {', '.join(unvoted)} reached the acceptors in time" if unvoted else ""
             reply = Reply(outcome=outcome, no_votes=tuple(self.no_votes), reason=reason)
@@ -291,4 +288,4 @@ class PaxosCommitLeader:
         if self.unacked or self.state == "done":
             return []
         self.state = "done"
-        return [Finished(outcome=self.outcome or ABORT)]
+        return [Finished(outcome=self.outcome or ABORTED)]

@@ -63,6 +63,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from commit.outcomes import ABORTED, COMMITTED, DECIDED, PENDING
 from commit.protocols.two_phase import (
     Acked,
     Finished,
@@ -80,10 +81,6 @@ from commit.protocols.two_phase import (
 WAITING = "waiting"
 PRECOMMITTED = "precommitted"
 PREABORTED = "preaborted"
-COMMIT = "committed"
-ABORT = "aborted"
-PENDING = "pending"
-DECIDED = (COMMIT, ABORT)
 
 Round = tuple[int, int]
 COORDINATOR_ROUND: Round = (0, 0)
@@ -194,7 +191,7 @@ class ThreePhaseCoordinator:
                 if event.participant not in self.participants:
                     raise ProtocolError(f"{self.txid}: vote from non-participant {event.participant!r}")
                 if not event.yes:
-                    return self._decide(ABORT, event.now, no_votes=(event.participant,))
+                    return self._decide(ABORTED, event.now, no_votes=(event.participant,))
                 self.yes_votes.add(event.participant)
                 if self.yes_votes != set(self.participants):
                     return []
@@ -205,14 +202,14 @@ class ThreePhaseCoordinator:
                 return moves + [SetTimer(name=ACKS_TIMER, deadline=event.now + self.vote_timeout_s)]
             case TimerFired(name=name) if name == VOTES_TIMER and self.state == "collecting":
                 reason = votes_missing(self.participants, self.yes_votes, self.vote_timeout_s)
-                return self._decide(ABORT, event.now, reason=reason)
+                return self._decide(ABORTED, event.now, reason=reason)
             case StateReport() if self.state == "precommitting":
                 return self._on_ack(event)
             case TimerFired(name=name) if name == ACKS_TIMER and self.state == "precommitting":
                 if not self.quorum:
                     # Skeen: a participant that did not acknowledge is presumed crashed; it will learn
                     # the outcome by termination when it recovers. Under a partition this is a split.
-                    return self._decide(COMMIT, event.now)
+                    return self._decide(COMMITTED, event.now)
                 missing = [p for p in self.participants if p not in self.precommitted]
                 resend: list[object] = [
                     SendMove(participant=p, target=PRECOMMITTED, round=COORDINATOR_ROUND) for p in missing
@@ -222,7 +219,7 @@ class ThreePhaseCoordinator:
                 self.unacked.discard(event.participant)
                 if not self.unacked:
                     self.state = "done"
-                    return [Finished(outcome=self.outcome or ABORT)]
+                    return [Finished(outcome=self.outcome or ABORTED)]
                 return []
             case TimerFired(name=name) if name == RESEND_TIMER and self.state == "decided":
                 assert self.outcome is not None
@@ -236,11 +233,11 @@ class ThreePhaseCoordinator:
             self.precommitted.add(report.participant)
             needed = quorums(len(self.participants))[0] if self.quorum else len(self.participants)
             if len(self.precommitted) >= needed:
-                return self._decide(COMMIT, report.now)
+                return self._decide(COMMITTED, report.now)
             return []
-        if report.state == ABORT and not self.quorum:
+        if report.state == ABORTED and not self.quorum:
             # It gave up waiting and aborted on its own: no one can have committed (that needs it).
-            return self._decide(ABORT, report.now, reason=f"{report.participant} aborted on its own while waiting")
+            return self._decide(ABORTED, report.now, reason=f"{report.participant} aborted on its own while waiting")
         # A terminator owns the transaction now (a higher round), or it is already decided there:
         # the coordinator steps aside and the client hears "pending".
         self.state = "done"
@@ -308,7 +305,7 @@ class Terminator:
         if report.state == self.target:
             self.moved.add(report.participant)
             if self._move_done():
-                return self._decide(COMMIT if self.target == PRECOMMITTED else ABORT, report.now)
+                return self._decide(COMMITTED if self.target == PRECOMMITTED else ABORTED, report.now)
         return []
 
     def _evaluate(self, now: float) -> list[object]:
@@ -318,11 +315,11 @@ class Terminator:
             if PRECOMMITTED in states:
                 return self._move(PRECOMMITTED, now)
             if states:
-                return self._decide(ABORT, now)  # everyone that answered is still waiting
+                return self._decide(ABORTED, now)  # everyone that answered is still waiting
             return self._give_up("no participant answered")
         commit_quorum, abort_quorum = quorums(len(self.participants))
         if count(PRECOMMITTED) >= commit_quorum:
-            return self._decide(COMMIT, now)
+            return self._decide(COMMITTED, now)
         if PRECOMMITTED in states and PREABORTED not in states and count(PRECOMMITTED) + count(WAITING) >= commit_quorum:
             return self._move(PRECOMMITTED, now)
         if count(PREABORTED) + count(WAITING) >= abort_quorum:
@@ -338,7 +335,7 @@ class Terminator:
         self.target = target
         self.moved = {p for p, s in self.reports.items() if s == target}
         if self._move_done():
-            return self._decide(COMMIT if target == PRECOMMITTED else ABORT, now)
+            return self._decide(COMMITTED if target == PRECOMMITTED else ABORTED, now)
         waiting = sorted(p for p, s in self.reports.items() if s == WAITING)
         sends: list[object] = [SendMove(participant=p, target=target, round=self.round) for p in waiting]
         return sends + [SetTimer(name=MOVE_TIMER, deadline=now + self.timeout_s)]
@@ -352,7 +349,7 @@ class Terminator:
     def _moves_timed_out(self, now: float) -> list[object]:
         if not self.quorum and self.moved:
             # Skeen: the ones that did not acknowledge are presumed crashed.
-            return self._decide(COMMIT if self.target == PRECOMMITTED else ABORT, now)
+            return self._decide(COMMITTED if self.target == PRECOMMITTED else ABORTED, now)
         return self._give_up(f"blocked: only {len(self.moved)} participants reached {self.target}")
 
     def _decide(self, outcome: str, now: float) -> list[object]:
@@ -365,7 +362,7 @@ class Terminator:
 
     def _done(self) -> list[object]:
         self.state = "done"
-        return [Finished(outcome=self.outcome or ABORT)]
+        return [Finished(outcome=self.outcome or ABORTED)]
 
     def _give_up(self, reason: str) -> list[object]:
         self.state = "done"

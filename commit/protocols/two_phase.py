@@ -36,8 +36,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-COMMIT = "committed"
-ABORT = "aborted"
+from commit.outcomes import ABORTED, COMMITTED
+
 
 
 class ProtocolError(Exception):
@@ -188,30 +188,30 @@ class TwoPhaseCoordinator:
             case Recover():
                 return self._send_prepares(event.now)
             case Persisted() if self.state == "beginning":
-                if event.outcome in (COMMIT, ABORT):
+                if event.outcome in (COMMITTED, ABORTED):
                     return self._decided(event.outcome, event.now)
                 return self._send_prepares(event.now)
             case Persisted() if self.state == "persisting":
-                assert event.outcome in (COMMIT, ABORT), event
+                assert event.outcome in (COMMITTED, ABORTED), event
                 return self._decided(event.outcome, event.now)
             case Vote() if self.state == "collecting":
                 if event.participant not in self.participants:
                     raise ProtocolError(f"{self.txid}: vote from non-participant {event.participant!r}")
                 if not event.yes:
                     self.no_votes = (event.participant,)
-                    return self._persist(ABORT)
+                    return self._persist(ABORTED)
                 self.yes_votes.add(event.participant)
                 if self.yes_votes == set(self.participants):
-                    return self._persist(COMMIT)
+                    return self._persist(COMMITTED)
                 return []
             case TimerFired(name=name) if self.state == "collecting" and name == VOTES_TIMER:
                 self.reason = votes_missing(self.participants, self.yes_votes, self.vote_timeout_s)
-                return self._persist(ABORT)
+                return self._persist(ABORTED)
             case Acked() if self.state == "decided":
                 self.unacked.discard(event.participant)
                 if not self.unacked:
                     self.state = "done"
-                    return [Finished(outcome=self.outcome or ABORT)]
+                    return [Finished(outcome=self.outcome or ABORTED)]
                 return []
             case TimerFired(name=name) if self.state == "decided" and name == RESEND_TIMER:
                 assert self.outcome is not None
@@ -233,7 +233,7 @@ class TwoPhaseCoordinator:
         self.state = "decided"
         self.outcome = outcome
         self.unacked = set(self.participants)
-        reply = Reply(outcome=outcome, no_votes=self.no_votes, reason=self.reason) if outcome == ABORT else \
+        reply = Reply(outcome=outcome, no_votes=self.no_votes, reason=self.reason) if outcome == ABORTED else \
             Reply(outcome=outcome)
         effects: list[Effect] = [reply]
         effects += [SendDecision(participant=p, outcome=outcome) for p in self.participants]

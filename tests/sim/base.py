@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from commit.protocols.two_phase import ProtocolError, SetTimer, TimerFired
-from commit.shard import Reads, ShardState, Writes
+from commit.node.state_machines.shard import Reads, ShardState, Writes
 from consensus.errors import InternalError
 
 COMMITTED = "committed"

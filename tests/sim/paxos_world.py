@@ -54,14 +54,7 @@ from commit.protocols.paxos_commit import (
     Phase2b,
     Recover,
 )
-from commit.protocols.two_phase import (
-    Acked,
-    Finished,
-    Reply,
-    SendDecision,
-    SendPrepare,
-    Start,
-)
+from commit.protocols.two_phase import Acked, Finished, Reply, SendDecision, SendPrepare, Start
 from consensus.paxos import BALLOT_ZERO, NO_PROMISE, AcceptorState, Ballot
 from tests.sim.base import ABORTED, COMMITTED, OUTCOMES, PREPARED, Candidate, SimWorld
 from tests.sim.base import Weights as CommonWeights

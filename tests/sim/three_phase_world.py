@@ -79,7 +79,6 @@ from commit.protocols.three_phase import (
     COORDINATOR_ROUND,
     JOIN_TIMER,
     MOVE_TIMER,
-    PENDING,
     PREABORTED,
     PRECOMMITTED,
     WAITING,
@@ -91,6 +90,7 @@ from commit.protocols.three_phase import (
     Terminator,
     ThreePhaseCoordinator,
 )
+from commit.outcomes import PENDING
 from commit.protocols.two_phase import (
     Acked,
     Finished,

@@ -36,7 +36,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
-from commit.coordinator import CoordinatorState
+from commit.node.state_machines.coordinator_group import CoordinatorState
 from commit.protocols.two_phase import (
     Acked,
     Effect,
@@ -52,7 +52,7 @@ from commit.protocols.two_phase import (
     TwoPhaseCoordinator,
     Vote,
 )
-from commit.shard import ShardState
+from commit.node.state_machines.shard import ShardState
 from tests.sim.base import (
     ABORTED,
     COMMITTED,

@@ -27,10 +27,10 @@ from typing import Any
 
 import trio
 
-from commit.coordinator import ABORTED, COMMITTED
-from commit.peers import Peers
-from commit.protocols.paxos_commit import PREPARED
-from commit.tracing import Tracer
+from commit.outcomes import ABORTED, COMMITTED
+from commit.node.peers import Peers
+from commit.outcomes import PREPARED
+from commit.node.tracing import Tracer
 from consensus.acceptor import Acceptor
 from consensus.errors import ClusterError
 from consensus.group import ReplicaGroup

@@ -21,15 +21,22 @@ from typing import Any
 
 import trio
 
-from commit.admin import cluster_report, cluster_status, node_call, transaction_trace, wait_for_leaders
-from commit.config import COORDINATED_BY_NODE, ClusterConfig, load_config, shard_group
-from commit.faults import link_requests
+from commit.tooling.admin import (
+    cluster_report,
+    cluster_status,
+    node_call,
+    transaction_trace,
+    wait_for_leaders,
+)
+from commit.config import COORDINATOR_GROUP, ClusterConfig, load_config, shard_group
+from commit.protocols.registry import PROTOCOLS, Coordinator
+from commit.tooling.fault_requests import link_requests
 from commit.routing import shard_of
 from commit.transaction import Transaction
-from commit.tracing import summarize
+from commit.tooling.traces import summarize
 from consensus.errors import ClusterError
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]  # the checkout: node.py lives there
 
 
 def spawn_node(config: ClusterConfig, node_id: str, *, detach: bool = False) -> subprocess.Popen[bytes]:
@@ -245,6 +252,12 @@ class LocalCluster:
         return {n: (await self.call(n, "test.fault", {"op": "list"}))["faults"]
                 for n in self.node_ids if self.alive(n)}
 
+    async def coordinator_of(self, protocol: str) -> str:
+        """The node that coordinates ``protocol``'s transactions now (the coordinator group's leader moves)."""
+        if PROTOCOLS[protocol].coordinator is Coordinator.NODE:
+            return self.config.twopc_coordinator
+        return (await self.leaders())[COORDINATOR_GROUP]
+
     async def shard_leader_rows(self) -> dict[str, dict[str, Any]]:
         """Each shard's status row as its leader reports it (keys, prepared transactions, locks)."""
         rows = await self.status()
@@ -268,9 +281,7 @@ class LocalCluster:
         await db.put(src, 100)
         await db.put(dst, 0)
         if point is not None:
-            coordinator = (self.config.twopc_coordinator if protocol in COORDINATED_BY_NODE
-                           else (await self.leaders())["coord"])
-            await self.call(coordinator, "test.hold", {"point": point})
+            await self.call(await self.coordinator_of(protocol), "test.hold", {"point": point})
         tx = Transaction(db, protocol)
         tx.put(src, (await tx.get(src)).value - 30)
         tx.put(dst, (await tx.get(dst)).value + 30)

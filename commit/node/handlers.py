@@ -50,30 +50,25 @@ from typing import Any
 
 import trio
 
-from commit.config import (
-    COORDINATED_BY_GROUP,
-    COORDINATED_BY_NODE,
-    COORDINATOR_GROUP,
-    THREE_PHASE,
-    ClusterConfig,
-    shard_group,
-)
-from commit.coordinating import PAXOS, FaultHooks, TransactionManager
-from commit.coordinator import ABORTED, COMMITTED, UNKNOWN, CoordinatorState
+from commit.config import COORDINATOR_GROUP, ClusterConfig, shard_group
 from commit.errors import CommitUnknown, Conflict
-from commit.faults import OPS, LinkFaults
-from commit.paxos_node import PaxosNode
-from commit.protocols.paxos_commit import PREPARED, Phase2b
+from commit.node.coordinators import FaultHooks, TransactionManager
+from commit.node.faults import OPS, LinkFaults
+from commit.node.paxos_roles import PaxosNode
+from commit.node.resolver import InDoubtResolver
+from commit.node.silence_watch import SilenceWatch
+from commit.node.state_machines.coordinator_group import CoordinatorState
+from commit.node.state_machines.shard import ShardState
+from commit.node.tracing import Tracer
+from commit.outcomes import ABORTED, COMMITTED, PREPARED, UNKNOWN
+from commit.protocols.paxos_commit import Phase2b
+from commit.protocols.registry import ONE_PHASE, Coordinator
 from commit.protocols.three_phase import PREABORTED, PRECOMMITTED, Round
-from commit.resolver import InDoubtResolver
 from commit.routing import key_bytes, shard_of
-from commit.shard import ShardState
-from commit.termination import SilenceWatch
-from commit.tracing import Tracer
-from commit.txids import ONE_PHASE, are_participants_of, authority_of, check_participants, check_txid
-from consensus.paxos import BALLOT_ZERO, Ballot, ballot_of
+from commit.txids import are_participants_of, authority_of, check_participants, check_txid, protocol_of
 from consensus.errors import InvalidRequest, NotLeader, Timeout, Unavailable
 from consensus.group import ReplicaGroup
+from consensus.paxos import BALLOT_ZERO, Ballot, ballot_of
 from consensus.sessions import SessionRef
 
 LOCK_POLL_S = 0.002
@@ -207,16 +202,16 @@ class NodeService:
         return self._leading(shard_group(shard_of(key, self.config.shard_count)))
 
     def _manager(self, txid: str) -> TransactionManager:
-        protocol, _ = authority_of(txid)
-        if protocol in COORDINATED_BY_NODE:
-            if self.node_id != self.config.twopc_coordinator:
-                raise NotLeader(f"{protocol} transactions are coordinated by {self.config.twopc_coordinator}",
-                                leader=self.config.twopc_coordinator)
-            return self.managers[protocol]
-        if protocol in COORDINATED_BY_GROUP:
+        spec = protocol_of(txid)
+        if spec.coordinator is Coordinator.NODE and self.node_id != self.config.twopc_coordinator:
+            raise NotLeader(f"{spec.name} transactions are coordinated by {self.config.twopc_coordinator}",
+                            leader=self.config.twopc_coordinator)
+        if spec.coordinator is Coordinator.GROUP:
             self._leading(COORDINATOR_GROUP)
-            return self.managers[protocol]
-        raise InvalidRequest(f"{txid} is not a coordinated transaction")
+        manager = self.managers.get(spec.name)
+        if manager is None:
+            raise InvalidRequest(f"{txid} is not a transaction this node coordinates")
+        return manager
 
     def _shards(self, raw: Any, what: str) -> tuple[str, ...]:
         if not isinstance(raw, list) or not raw:
@@ -393,7 +388,7 @@ class NodeService:
 
     async def txn_commit_one(self, params: dict[str, Any]) -> dict[str, Any]:
         txid, group = self._participant(params)
-        if authority_of(txid) != (ONE_PHASE, group.name):
+        if protocol_of(txid).coordinator is not Coordinator.SHARD or authority_of(txid)[1] != group.name:
             raise InvalidRequest(f"{txid} is not a one-phase transaction of {group.name}")
         reads, writes = self._payload(params, group.name)
         try:
@@ -408,8 +403,8 @@ class NodeService:
     async def shard_prepare(self, params: dict[str, Any]) -> dict[str, Any]:
         txid, group = self._participant(params)
         reads, writes = self._payload(params, group.name)
-        protocol, _ = authority_of(txid)
-        if protocol == ONE_PHASE:
+        spec = protocol_of(txid)
+        if spec.coordinator is Coordinator.SHARD:
             raise InvalidRequest(f"{txid} is a one-phase transaction (txn.commit_one), it has no PREPARE")
         participants = self._participants_of(txid, params.get("participants"))
         leader = self._node_id(params.get("leader", self.node_id), "leader")
@@ -423,11 +418,11 @@ class NodeService:
         else:
             self.tracer.forced(txid, "shard prepare")
         reason = "" if vote == "yes" else vote[1]
-        if protocol in PAXOS:
+        if spec.acceptors:
             if not decided:  # a decided participant already cast its one ballot-0 vote
                 value = PREPARED if vote == "yes" else ABORTED
                 self.paxos.nursery.start_soon(self._send_vote, txid, group.name, value, reason, participants,
-                                              leader, protocol == "fast-paxos-commit", hop + 1)
+                                              leader, spec.fast, hop + 1)
         else:
             self.tracer.sent(txid, "vote", leader, hop + 1)
         if vote == "yes":
@@ -474,7 +469,7 @@ class NodeService:
 
     def _deliver_phase2b(self, txid: str, acceptor: str, ballot: Ballot, values: dict[str, str], hop: int,
                          reasons: dict[str, str]) -> None:
-        manager = self.managers.get(authority_of(txid)[0])
+        manager = self.managers.get(protocol_of(txid).name)
         if manager is not None:
             manager.deliver(txid, Phase2b(now=trio.current_time(), acceptor=acceptor, ballot=ballot, values=values),
                             hop, reasons)
@@ -525,7 +520,7 @@ class NodeService:
 
     def _three_phase(self, params: dict[str, Any]) -> tuple[str, ReplicaGroup, Round, str, int]:
         txid, group = self._participant(params)
-        if authority_of(txid)[0] not in THREE_PHASE:
+        if not protocol_of(txid).participants_terminate:
             raise InvalidRequest(f"{txid} is not a 3pc transaction")
         return txid, group, self._round(params.get("round")), self._node_id(params.get("leader"), "leader"), \
             self._hop(params)
@@ -553,7 +548,7 @@ class NodeService:
         await self._within_request_timeout(group.name, group.read_barrier, False)
         machine = self._shard_state(group)
         prepared = machine.prepared.get(txid)
-        if prepared is not None and authority_of(txid)[0] in THREE_PHASE:
+        if prepared is not None and protocol_of(txid).participants_terminate:
             return {"state": PREPARED, "phase": prepared.phase, "promised": list(prepared.promised)}
         if prepared is not None:
             return {"state": PREPARED, "phase": None, "promised": None}
@@ -589,7 +584,7 @@ class NodeService:
             rows.append(row)
         now = trio.current_time()
         transactions = {name: dict(m.outcomes) for name, m in self.managers.items()}
-        transactions[ONE_PHASE] = dict(self.one_phase)
+        transactions[ONE_PHASE.name] = dict(self.one_phase)
         transactions["resolved_in_doubt"] = dict(self.resolver.resolved)
         in_doubt = [row for m in self.managers.values() for row in m.in_doubt(now)]
         in_doubt += self.resolver.in_doubt(now) + self.silence.in_doubt(now)

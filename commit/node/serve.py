@@ -20,9 +20,8 @@ from functools import partial
 import trio
 
 from commit.client import connect
-from commit.config import COORDINATOR_GROUP, THREE_PHASE, ClusterConfig
-from commit.coordinating import (
-    PAXOS,
+from commit.config import COORDINATOR_GROUP, ClusterConfig
+from commit.node.coordinators import (
     FaultHooks,
     LocalLogStore,
     PaxosSetup,
@@ -30,16 +29,17 @@ from commit.coordinating import (
     TransactionManager,
     recover_in_flight,
 )
-from commit.coordinator import CoordinatorState
-from commit.faults import LinkFaults
-from commit.paxos_node import PaxosNode
-from commit.peers import Peers
-from commit.resolver import InDoubtResolver
-from commit.service import NodeService
-from commit.shard import ShardState
-from commit.termination import SilenceWatch
-from commit.tracing import Tracer
-from commit.txlog import DecisionLog
+from commit.node.decision_log import DecisionLog
+from commit.node.faults import LinkFaults
+from commit.node.handlers import NodeService
+from commit.node.paxos_roles import PaxosNode
+from commit.node.peers import Peers
+from commit.node.resolver import InDoubtResolver
+from commit.node.silence_watch import SilenceWatch
+from commit.node.state_machines.coordinator_group import CoordinatorState
+from commit.node.state_machines.shard import ShardState
+from commit.node.tracing import Tracer
+from commit.protocols.registry import PROTOCOLS, Coordinator, DecisionStore, ProtocolSpec
 from consensus.acceptor import Acceptor
 from consensus.errors import ClusterError
 from consensus.group import ReplicaGroup, StateMachine, open_replica_groups
@@ -92,10 +92,10 @@ async def serve_node(
                 peer_db.lose = faults.lost  # this node's outgoing node-to-node messages only
             peers = Peers(peer_db, tracer)
 
-            def manager(protocol: str, store: LocalLogStore | RaftStore | None,
+            def manager(spec: ProtocolSpec | None, store: LocalLogStore | RaftStore | None = None,
                         paxos: PaxosSetup | None = None) -> TransactionManager:
                 return TransactionManager(
-                    protocol, store, peers, node_id=node_id, vote_timeout_s=txn.vote_timeout_s,
+                    spec, store, peers, node_id=node_id, vote_timeout_s=txn.vote_timeout_s,
                     resend_s=txn.decision_resend_s, persist_timeout_s=config.timeouts.request_s,
                     hooks=hooks, tracer=tracer, nursery=nursery, paxos=paxos,
                 )
@@ -104,22 +104,29 @@ async def serve_node(
             coord = groups.get(COORDINATOR_GROUP)
             acceptor = None
             if coord is not None:
-                managers["raft-2pc"] = manager("raft-2pc", RaftStore(coord))
-                nursery.start_soon(_watch_coordinator_leadership, managers["raft-2pc"], coord)
-                setup = PaxosSetup(acceptors, acceptors.index(node_id), coord.term, coord.is_leader)
-                for protocol in PAXOS:
-                    managers[protocol] = manager(protocol, None, setup)
                 acceptor = Acceptor(node_id, config.node_dir(node_id) / "acceptor.log", config.durability)
-            if node_id == config.twopc_coordinator:
-                decision_log = DecisionLog(config.node_dir(node_id) / "2pc.log")
-                managers["2pc"] = manager("2pc", LocalLogStore(decision_log))
-                for txid, logged in decision_log.unfinished():
-                    managers["2pc"].resume(txid, logged.participants, logged.outcome)
-                for protocol in THREE_PHASE:
-                    managers[protocol] = manager(protocol, None)
+            for spec in PROTOCOLS.values():
+                here = {Coordinator.GROUP: coord is not None, Coordinator.NODE: node_id == config.twopc_coordinator}
+                if not here.get(spec.coordinator, False):
+                    continue
+                if spec.decision_store is DecisionStore.RAFT:
+                    assert coord is not None
+                    managers[spec.name] = manager(spec, RaftStore(coord))
+                    nursery.start_soon(_watch_coordinator_leadership, managers[spec.name], coord)
+                elif spec.decision_store is DecisionStore.LOG:
+                    decision_log = DecisionLog(config.node_dir(node_id) / "2pc.log")
+                    managers[spec.name] = manager(spec, LocalLogStore(decision_log))
+                    for txid, logged in decision_log.unfinished():
+                        managers[spec.name].resume(txid, logged.participants, logged.outcome)
+                elif spec.acceptors:
+                    assert coord is not None
+                    managers[spec.name] = manager(
+                        spec, paxos=PaxosSetup(acceptors, acceptors.index(node_id), coord.term, coord.is_leader))
+                else:
+                    managers[spec.name] = manager(spec)
             shards = {name: g for name, g in groups.items() if name != COORDINATOR_GROUP}
             silence = SilenceWatch(
-                shards, manager("3pc-termination", None), wait_s=txn.three_phase_wait_s,
+                shards, manager(None), wait_s=txn.three_phase_wait_s,
                 stagger_s=txn.three_phase_stagger_s, interval_s=txn.resolve_interval_s,
             )
             nursery.start_soon(silence.run)

@@ -24,11 +24,10 @@ from typing import Any
 
 import trio
 
-from commit.config import THREE_PHASE
-from commit.coordinating import TransactionManager
+from commit.node.coordinators import TransactionManager
 from commit.protocols import three_phase as three
-from commit.shard import ShardState
-from commit.txids import authority_of
+from commit.node.state_machines.shard import ShardState
+from commit.txids import protocol_of
 from consensus.errors import ClusterError
 from consensus.group import ReplicaGroup
 
@@ -67,7 +66,7 @@ class SilenceWatch:
         return [
             {
                 "txid": txid,
-                "protocol": authority_of(txid)[0],
+                "protocol": protocol_of(txid).name,
                 "participants": shard,
                 "state": f"participant:{phase}" + (f" round {list(promised)}" if promised != (0, 0) else ""),
                 "age_s": round(now - since, 3),
@@ -78,7 +77,7 @@ class SilenceWatch:
     def _three_phase_prepared(self, group: ReplicaGroup) -> list[str]:
         machine = group.machine
         assert isinstance(machine, ShardState)
-        return [txid for txid in machine.prepared if authority_of(txid)[0] in THREE_PHASE]
+        return [txid for txid in machine.prepared if protocol_of(txid).participants_terminate]
 
     async def _look_at(self, group: ReplicaGroup, txid: str) -> None:
         machine = group.machine
@@ -97,14 +96,14 @@ class SilenceWatch:
         if now - since < self.wait_s + index * self.stagger_s:
             return
         self.last_change[key] = (now, phase, promised)  # the next try waits a full quiet period again
-        quorum = authority_of(txid)[0] == "3pc-quorum"
+        quorum = protocol_of(txid).quorum
         if three.on_silence(prepared.phase, prepared.promised, quorum) == "abort":
             try:
                 state, _ = await group.propose(("3pc_timeout_abort", txid))
             except ClusterError as exc:
                 log.info("%s on %s: could not abort after the coordinator went quiet: %s", txid, group.name, exc)
                 return
-            if state == three.ABORT:
+            if state == three.ABORTED:
                 self.unilateral_aborts += 1
                 log.info("%s on %s: coordinator quiet while waiting: aborted on its own", txid, group.name)
             return

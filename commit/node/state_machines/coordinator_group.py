@@ -20,12 +20,9 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
+from commit.outcomes import ABORTED, COMMITTED, PENDING
 from consensus.errors import InvalidRequest
 
-COMMITTED = "committed"
-ABORTED = "aborted"
-PENDING = "pending"
-UNKNOWN = "unknown"  # a status answer: the participants asked about are not the transaction's own
 
 
 @dataclass(slots=True)

@@ -53,12 +53,10 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from commit.errors import Conflict
+from commit.outcomes import ABORTED, COMMITTED, PREPARED
 from commit.protocols.three_phase import COORDINATOR_ROUND, PREABORTED, PRECOMMITTED, WAITING, Round
 from consensus.errors import InternalError, InvalidRequest
 
-COMMITTED = "committed"
-ABORTED = "aborted"
-PREPARED = "prepared"
 
 Reads = tuple[tuple[bytes, int], ...]
 Writes = tuple[tuple[bytes, bytes | None], ...]

@@ -30,11 +30,11 @@ from typing import Any
 
 import trio
 
-from commit.config import THREE_PHASE
-from commit.coordinator import ABORTED, COMMITTED
-from commit.peers import Peers
-from commit.shard import ShardState
-from commit.txids import authority_of
+from commit.node.peers import Peers
+from commit.node.state_machines.shard import ShardState
+from commit.outcomes import ABORTED, COMMITTED
+from commit.status import status
+from commit.txids import protocol_of
 from consensus.errors import ClusterError
 from consensus.group import ReplicaGroup
 
@@ -68,7 +68,7 @@ class InDoubtResolver:
         participants = prepared.participants if prepared is not None else ()
         with trio.move_on_after(self.ask_timeout_s):
             try:
-                outcome = await self.peers.status(txid, participants)
+                outcome = await status(self.peers.db, txid, participants)
             except ClusterError as exc:
                 log.info("%s in doubt on %s: authority unreachable: %s", txid, group.name, exc)
                 return "unreachable"
@@ -94,8 +94,8 @@ class InDoubtResolver:
             if not group.is_leader():
                 continue
             for txid in self._prepared(group):
-                if authority_of(txid)[0] in THREE_PHASE:
-                    continue
+                if protocol_of(txid).participants_terminate:
+                    continue  # commit.node.silence_watch finishes it
                 key = (name, txid)
                 seen.add(key)
                 first = self.first_seen.setdefault(key, now)
@@ -106,8 +106,7 @@ class InDoubtResolver:
             del self.first_seen[key]
 
     async def _ask(self, group: ReplicaGroup, txid: str, key: tuple[str, str]) -> None:
-        protocol, _ = authority_of(txid)
-        limit = self._limits.setdefault(protocol, trio.CapacityLimiter(self.fanout))
+        limit = self._limits.setdefault(protocol_of(txid).name, trio.CapacityLimiter(self.fanout))
         try:
             async with limit:
                 await self.resolve(group, txid)
@@ -120,7 +119,7 @@ class InDoubtResolver:
         return [
             {
                 "txid": txid,
-                "protocol": authority_of(txid)[0],
+                "protocol": protocol_of(txid).name,
                 "participants": shard,
                 "state": "participant:prepared",
                 "age_s": round(now - first, 3),

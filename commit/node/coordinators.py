@@ -36,14 +36,16 @@ from typing import Any, Protocol
 
 import trio
 
-from commit.config import THREE_PHASE
-from commit.coordinator import ABORTED, PENDING, CoordinatorState
-from commit.peers import Peers
+from commit.node.decision_log import DecisionLog
+from commit.node.peers import Peers
+from commit.node.state_machines.coordinator_group import CoordinatorState
+from commit.node.tracing import Tracer
+from commit.outcomes import ABORTED, PENDING
 from commit.protocols import paxos_commit as pc
 from commit.protocols import three_phase as three
 from commit.protocols import two_phase as tp
-from commit.tracing import Tracer
-from commit.txlog import DecisionLog
+from commit.protocols.registry import CoreContext, ProtocolSpec
+from commit.status import participants_know
 from consensus.errors import ClusterError, InvalidRequest, Unavailable
 from consensus.group import ReplicaGroup
 from consensus.paxos import Ballot, ballot_of
@@ -82,8 +84,6 @@ class FaultHooks:
 
 
 class DecisionStore(Protocol):
-    record_begin: bool
-
     async def begin(self, txid: str, participants: tuple[str, ...]) -> str | None: ...
 
     async def decide(self, txid: str, outcome: str, participants: tuple[str, ...]) -> str: ...
@@ -96,8 +96,6 @@ class DecisionStore(Protocol):
 
 
 class LocalLogStore:
-    record_begin = False
-
     def __init__(self, decision_log: DecisionLog) -> None:
         self.log = decision_log
         self.presumed_aborted: set[str] = set()
@@ -127,8 +125,6 @@ class LocalLogStore:
 
 
 class RaftStore:
-    record_begin = True
-
     def __init__(self, group: ReplicaGroup) -> None:
         self.group = group
 
@@ -161,7 +157,6 @@ class _Reply:
 
 
 Core = tp.TwoPhaseCoordinator | pc.PaxosCommitLeader | three.ThreePhaseCoordinator | three.Terminator
-PAXOS = ("paxos-commit", "fast-paxos-commit")
 MAX_REMEMBERED = 100_000
 
 
@@ -201,7 +196,7 @@ class TransactionManager:
 
     def __init__(
         self,
-        protocol: str,
+        spec: ProtocolSpec | None,
         store: DecisionStore | None,
         peers: Peers,
         *,
@@ -214,7 +209,8 @@ class TransactionManager:
         nursery: trio.Nursery,
         paxos: PaxosSetup | None = None,
     ) -> None:
-        self.protocol = protocol
+        self.spec = spec
+        self.protocol = spec.name if spec is not None else "3pc-termination"  # labels: counters, traces
         self.store = store
         self.peers = peers
         self.node_id = node_id
@@ -242,16 +238,12 @@ class TransactionManager:
             yield (term, self.paxos.rank, next(self._ballot_counter))
 
     def _core(self, txid: str, participants: tuple[str, ...], term: int) -> Core:
-        if self.protocol in THREE_PHASE:
-            return three.ThreePhaseCoordinator(txid, participants, quorum=self.protocol == "3pc-quorum",
-                                               vote_timeout_s=self.vote_timeout_s, resend_s=self.resend_s)
-        if self.paxos is not None:
-            return pc.PaxosCommitLeader(
-                txid, participants, self.paxos.acceptors, self._ballots(term), self.vote_timeout_s,
-                self.resend_s, fast=self.protocol == "fast-paxos-commit",
-            )
-        assert self.store is not None
-        return tp.TwoPhaseCoordinator(txid, participants, self.store.record_begin, self.vote_timeout_s, self.resend_s)
+        assert self.spec is not None and self.spec.core is not None
+        return self.spec.core(CoreContext(
+            txid=txid, participants=participants, vote_timeout_s=self.vote_timeout_s, resend_s=self.resend_s,
+            acceptors=self.paxos.acceptors if self.paxos is not None else (),
+            ballots=self._ballots(term) if self.paxos is not None else None,
+        ))
 
     async def commit(self, txid: str, payloads: dict[str, dict[str, Any]]) -> tuple[str | None, str]:
         """Run the protocol for txid; returns ``(outcome, reason)`` once the outcome is durable.
@@ -284,8 +276,8 @@ class TransactionManager:
         known = self.decided.get(txid)
         if known is not None or not participants:
             return known or PENDING  # without the participants there is no instance to recover
-        if self.protocol in THREE_PHASE:
-            return await self.peers.participants_know(txid, participants, self.vote_timeout_s)
+        if self.spec is not None and self.spec.participants_terminate:
+            return await participants_know(self.peers.db, txid, participants, self.vote_timeout_s)
         active = self._launch(txid, participants, None, pc.Recover(now=trio.current_time()))
         with trio.move_on_after(self.persist_timeout_s):
             await active.reply.done.wait()
@@ -406,11 +398,9 @@ class TransactionManager:
             case tp.SendDecision(participant=shard, outcome=outcome):
                 tasks.start_soon(self._send_decision, txid, shard, outcome, active, feed)
             case tp.Reply(outcome=outcome, no_votes=no_votes, reason=reason):
-                if self.protocol in THREE_PHASE:
-                    await self.hooks.checkpoint("coordinator.after_decision", txid)
+                for point in self.spec.reply_holds if self.spec is not None else ():
+                    await self.hooks.checkpoint(point, txid)
                 if self.store is None:
-                    if self.paxos is not None:
-                        await self.hooks.checkpoint("coordinator.after_votes", txid)
                     self.decided[txid] = outcome
                     while len(self.decided) > MAX_REMEMBERED:
                         self.decided.popitem(last=False)

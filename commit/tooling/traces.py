@@ -1,52 +1,13 @@
-"""What each transaction cost: protocol messages by type, forced writes, and message delays.
+"""A transaction's trace, read back from every node: totals, and a text sequence diagram.
 
-Every node keeps, per transaction id, the protocol messages it sent (type,
-from, to, hop) and the forced writes it made (durable writes some message
-had to wait for). ``hop`` is the message's depth on the critical path: the
-client's commit request is hop 1 and every message caused by a message of
-hop h has hop h+1, so the largest hop of a transaction is the number of
-message delays until the last participant learned the outcome.
-
-``python node.py trace TXID`` merges the nodes' records into one sequence
-diagram; the tests compare the counts with Gray & Lamport's formulas.
-Bounded: the oldest transactions are forgotten first.
+The nodes record what they sent and forced (``commit.node.tracing``); these turn the merged records into
+what ``python node.py trace`` prints and what the tests compare with Gray & Lamport's cost formulas.
 """
 
 from __future__ import annotations
 
-import time
-from collections import Counter, OrderedDict
+from collections import Counter
 from typing import Any
-
-MAX_TRACED = 20_000
-
-
-class Tracer:
-    def __init__(self, node_id: str) -> None:
-        self.node_id = node_id
-        self.events: OrderedDict[str, list[dict[str, Any]]] = OrderedDict()
-        self.messages: Counter[str] = Counter()
-        self.forced_writes: Counter[str] = Counter()
-
-    def _add(self, txid: str, event: dict[str, Any], at: float | None = None) -> None:
-        events = self.events.get(txid)
-        if events is None:
-            events = self.events[txid] = []
-            while len(self.events) > MAX_TRACED:
-                self.events.popitem(last=False)
-        events.append({"t": time.time() if at is None else at, "node": self.node_id, **event})
-
-    def sent(self, txid: str, kind: str, dst: str, hop: int, at: float | None = None) -> None:
-        """A message sent at ``at`` (default now): recorded late when the destination was known only then."""
-        self.messages[kind] += 1
-        self._add(txid, {"event": "message", "kind": kind, "src": self.node_id, "dst": dst, "hop": hop}, at)
-
-    def forced(self, txid: str, what: str) -> None:
-        self.forced_writes[what] += 1
-        self._add(txid, {"event": "forced_write", "kind": what})
-
-    def of(self, txid: str) -> list[dict[str, Any]]:
-        return list(self.events.get(txid, []))
 
 
 def summarize(events: list[dict[str, Any]]) -> dict[str, Any]:

@@ -1,0 +1,119 @@
+"""Every commit protocol as one frozen spec: what the rest of the system asks instead of testing names.
+
+Who coordinates a transaction, whether its client may send the commit again, who answers a question
+about its outcome, whether its participants finish it on their own, and how to make its core: each is a
+field here, read by the client, the node and the tooling alike. Adding a protocol is one core module
+and one entry in ``PROTOCOLS``.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from commit.protocols import paxos_commit, three_phase, two_phase
+from consensus.paxos import Ballot
+
+
+class Coordinator(enum.Enum):
+    """Where a transaction's coordinator runs, and so whom its client and its participants ask."""
+
+    NODE = "node"  # the one node ``transactions.twopc_coordinator``
+    GROUP = "group"  # the coordinator group's Raft leader
+    SHARD = "shard"  # a one-phase commit: the transaction's one shard decides it alone
+
+
+class DecisionStore(enum.Enum):
+    """Where a 2PC coordinator makes its decision durable (commit.node.decision_stores)."""
+
+    LOG = "log"  # an fsync'd file on the coordinator node: lost with the node until it restarts
+    RAFT = "raft"  # records of the coordinator group, begin before the first PREPARE: a new leader finishes it
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CoreContext:
+    """What a coordinator core is made from; ``ballots`` only for protocols with acceptors."""
+
+    txid: str
+    participants: tuple[str, ...]
+    vote_timeout_s: float
+    resend_s: float
+    acceptors: tuple[str, ...] = ()
+    ballots: Iterator[Ballot] | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProtocolSpec:
+    name: str
+    coordinator: Coordinator
+    # A commit that may have reached the coordinator may be sent again. Not for 3PC: its coordinator keeps
+    # no record, so a restarted one would coordinate the transaction a second time while the participants
+    # terminate it, which can split it (tests/test_sim_three_phase.py).
+    resend_commit: bool = True
+    decision_store: DecisionStore | None = None
+    acceptors: bool = False  # Paxos Commit: each participant's vote is its own Paxos instance, ballot 0
+    fast: bool = False  # the acceptors also tell the participants, which learn the outcome themselves
+    # 3PC: a participant whose coordinator goes quiet finishes the transaction (commit.node.silence_watch)
+    # rather than ask anyone; its state is the only record, so a status question asks the participants.
+    participants_terminate: bool = False
+    quorum: bool = False  # 3PC's quorum variant (Skeen 1982): terminate only with a commit or abort quorum
+    splits_under_partition: bool = False  # plain 3PC: its termination trusts timeouts as a failure detector
+    reply_holds: tuple[str, ...] = ()  # test hold points checked before the core's Reply is carried out
+    core: Callable[[CoreContext], Any] | None = None
+
+
+def _two_phase(record_begin: bool) -> Callable[[CoreContext], Any]:
+    def make(ctx: CoreContext) -> two_phase.TwoPhaseCoordinator:
+        return two_phase.TwoPhaseCoordinator(ctx.txid, ctx.participants, record_begin, ctx.vote_timeout_s,
+                                             ctx.resend_s)
+
+    return make
+
+
+def _paxos(fast: bool) -> Callable[[CoreContext], Any]:
+    def make(ctx: CoreContext) -> paxos_commit.PaxosCommitLeader:
+        assert ctx.ballots is not None, "a Paxos Commit leader needs its ballots"
+        return paxos_commit.PaxosCommitLeader(ctx.txid, ctx.participants, ctx.acceptors, ctx.ballots,
+                                              ctx.vote_timeout_s, ctx.resend_s, fast=fast)
+
+    return make
+
+
+def _three_phase(quorum: bool) -> Callable[[CoreContext], Any]:
+    def make(ctx: CoreContext) -> three_phase.ThreePhaseCoordinator:
+        return three_phase.ThreePhaseCoordinator(ctx.txid, ctx.participants, quorum=quorum,
+                                                 vote_timeout_s=ctx.vote_timeout_s, resend_s=ctx.resend_s)
+
+    return make
+
+
+PAXOS_HOLDS = ("coordinator.after_votes",)  # no decision record: frozen once the acceptors chose
+THREE_PHASE_HOLDS = ("coordinator.after_decision",)  # no decision record: frozen once it decided
+
+PROTOCOLS: dict[str, ProtocolSpec] = {
+    spec.name: spec
+    for spec in (
+        ProtocolSpec(name="2pc", coordinator=Coordinator.NODE, decision_store=DecisionStore.LOG,
+                     core=_two_phase(record_begin=False)),
+        ProtocolSpec(name="raft-2pc", coordinator=Coordinator.GROUP, decision_store=DecisionStore.RAFT,
+                     core=_two_phase(record_begin=True)),
+        ProtocolSpec(name="paxos-commit", coordinator=Coordinator.GROUP, acceptors=True, reply_holds=PAXOS_HOLDS,
+                     core=_paxos(fast=False)),
+        ProtocolSpec(name="fast-paxos-commit", coordinator=Coordinator.GROUP, acceptors=True, fast=True,
+                     reply_holds=PAXOS_HOLDS, core=_paxos(fast=True)),
+        ProtocolSpec(name="3pc", coordinator=Coordinator.NODE, resend_commit=False, participants_terminate=True,
+                     splits_under_partition=True, reply_holds=THREE_PHASE_HOLDS, core=_three_phase(quorum=False)),
+        ProtocolSpec(name="3pc-quorum", coordinator=Coordinator.NODE, resend_commit=False,
+                     participants_terminate=True, quorum=True, reply_holds=THREE_PHASE_HOLDS,
+                     core=_three_phase(quorum=True)),
+    )
+}
+ONE_PHASE = ProtocolSpec(name="1pc", coordinator=Coordinator.SHARD)  # not a choice: what one shard does alone
+NAMES = tuple(PROTOCOLS)
+
+
+def spec(name: str) -> ProtocolSpec:
+    """The spec of a protocol a user or a txid names; KeyError if there is none."""
+    return ONE_PHASE if name == ONE_PHASE.name else PROTOCOLS[name]

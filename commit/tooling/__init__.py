@@ -1,0 +1,1 @@
+"""For operators, tests and benchmarks: throwaway local clusters, queries to every node, tables, traces."""
