@@ -47,6 +47,9 @@ class Limits:
     max_value_bytes: int = 1024 * 1024
     max_in_flight_per_connection: int = 1024
     max_reason_chars: int = 256  # a participant's reason for a NO vote, as carried to the coordinator
+    max_remembered_transactions: int = 100_000  # decided outcomes a shard, the coordinator group, a manager keep
+    max_traced_transactions: int = 20_000  # transactions whose messages a node's tracer keeps
+    max_pending_bundles: int = 10_000  # Paxos Commit: an acceptor's unsent 2b bundles, a learner's tallies
 
 
 @dataclass(frozen=True)

@@ -284,3 +284,25 @@ async def test_a_paused_old_leader_stops_recovering_once_it_no_longer_leads(paus
         print(f"old leader {old}: {first} then {later} phase-1a messages, state {state}")
         assert later == first, "the old leader still runs phase 1"
         assert state is None, state
+
+
+async def test_a_phase_2b_naming_a_shard_that_is_not_a_participant_is_refused_and_the_node_stays_up(
+    hook_cluster: LocalCluster,
+) -> None:
+    """Issue 10: a well-formed 2b for a non-participant used to raise ProtocolError in the core and end the node."""
+    cluster = hook_cluster
+    src, dst = [k[0] for k in keys_on_each_shard("stray-2b-", 1, 3)[:2]]
+    leaders = await cluster.leaders()
+    for shard in (shard_group(0), shard_group(1)):
+        await cluster.hold(leaders[shard], "participant.before_2a")  # the leader keeps collecting votes
+    async with commit.connect(cluster.config) as db, trio.open_nursery() as committer:
+        tx = await cluster.start_held_transfer(db, "paxos-commit", None, src, dst, committer)
+        stray = {"txid": tx.txid, "acceptor": leaders["coord"], "ballot": [0, 0, 0],
+                 "values": {shard_group(2): "prepared"}, "hop": 3}
+        with pytest.raises(commit.InvalidRequest, match="not its participants"):
+            await cluster.call(leaders["coord"], "paxos.phase2b", stray)
+        assert await _coordinator_state(cluster, leaders["coord"], tx.txid) == "coordinator:collecting"
+        await cluster.wait_unlocked(within_s=15)  # its vote timer recovered it: aborted, as it should
+        assert await db.status(tx.txid, tx.participants) == "aborted"
+        assert cluster.alive(leaders["coord"])
+        committer.cancel_scope.cancel()

@@ -27,7 +27,7 @@ from commit.protocols.paxos_commit import (
     Recover,
     Superseded,
 )
-from commit.protocols.two_phase import (
+from commit.protocols.events import (
     Acked,
     Finished,
     ProtocolError,

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import pytest
 
-from commit.protocols.two_phase import Event, ProtocolError, TwoPhaseCoordinator, Vote
+from commit.protocols.events import ProtocolError, Vote
+from commit.protocols.two_phase import Event, TwoPhaseCoordinator
 from commit.node.state_machines.shard import ShardState
 from tests.sim.base import ABORTED, COMMITTED, PREPARED, Decided, ShardChanged, ShardRefused
 from tests.sim.runs import first_failure

@@ -41,7 +41,7 @@ from commit.protocols.three_phase import (
     ThreePhaseCoordinator,
     Vote,
 )
-from commit.protocols.two_phase import ProtocolError
+from commit.protocols.events import ProtocolError
 from commit.node.state_machines.shard import ShardState
 from tests.sim.base import ABORTED, COMMITTED, PREPARED, Decided, ShardChanged, ShardRefused, SimulationFailure
 from tests.sim.runs import SEEDS, first_failure

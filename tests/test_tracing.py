@@ -36,7 +36,7 @@ def fw(node, kind="acceptor accept", t=0.0):
 
 
 def test_sent_and_forced_are_recorded_per_transaction_in_order(clock):
-    tr = Tracer("n1")
+    tr = Tracer("n1", max_traced=100)
     tr.sent("tx1", "prepare", "s0", 1)
     tr.forced("tx1", "acceptor accept")
     tr.sent("tx2", "2b", "n2", 3)
@@ -53,7 +53,7 @@ def test_sent_and_forced_are_recorded_per_transaction_in_order(clock):
 
 
 def test_of_returns_a_copy():
-    tr = Tracer("n1")
+    tr = Tracer("n1", max_traced=100)
     tr.sent("tx1", "prepare", "s0", 1)
     copy = tr.of("tx1")
     copy.append({"bogus": True})
@@ -62,7 +62,7 @@ def test_of_returns_a_copy():
 
 
 def test_counters_count_every_event_by_kind():
-    tr = Tracer("n1")
+    tr = Tracer("n1", max_traced=100)
     for dst in ("a0", "a1", "a2"):
         tr.sent("tx1", "2a", dst, 2)
     tr.sent("tx2", "2a", "a0", 2)
@@ -74,9 +74,8 @@ def test_counters_count_every_event_by_kind():
     assert tr.forced_writes == {"acceptor accept": 2, "acceptor promise": 1}
 
 
-def test_traces_are_bounded_forgetting_the_oldest_transactions_first(monkeypatch):
-    monkeypatch.setattr(tracing, "MAX_TRACED", 3)
-    tr = Tracer("n1")
+def test_traces_are_bounded_forgetting_the_oldest_transactions_first():
+    tr = Tracer("n1", max_traced=3)
     for i in range(1, 4):
         tr.sent(f"tx{i}", "prepare", "s0", 1)
     tr.sent("tx1", "decision", "s0", 2)  # more events for a known transaction evict nothing
@@ -130,7 +129,7 @@ def test_summarize_of_nothing():
 
 
 def test_summarize_of_a_tracer_record(clock):
-    tr = Tracer("c")
+    tr = Tracer("c", max_traced=100)
     tr.sent("tx", "prepare", "s0", 1)
     tr.forced("tx", "decision")
     tr.sent("tx", "decision", "s0", 3)
@@ -229,7 +228,7 @@ def test_a_message_to_an_unknown_node_draws_no_arrow_but_is_a_note():
 
 
 def test_diagram_of_a_tracer_record(clock):
-    c, a0 = Tracer("c"), Tracer("a0")
+    c, a0 = Tracer("c", max_traced=100), Tracer("a0", max_traced=100)
     c.sent("tx", "1a", "a0", 1)
     a0.forced("tx", "acceptor promise")
     a0.sent("tx", "1b", "c", 2)

@@ -7,25 +7,27 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from commit.outcomes import ABORTED, COMMITTED
-from commit.protocols.two_phase import (
-    RESEND_TIMER,
-    TRANSITIONS,
-    VOTES_TIMER,
+from commit.protocols.events import (
     Acked,
     Finished,
-    Persisted,
-    PersistBegin,
-    PersistDecision,
     ProtocolError,
-    Recover,
     Reply,
     SendDecision,
     SendPrepare,
     SetTimer,
     Start,
     TimerFired,
-    TwoPhaseCoordinator,
     Vote,
+)
+from commit.protocols.two_phase import (
+    RESEND_TIMER,
+    TRANSITIONS,
+    VOTES_TIMER,
+    Persisted,
+    PersistBegin,
+    PersistDecision,
+    Recover,
+    TwoPhaseCoordinator,
 )
 
 TXID = "raft-2pc:" + "f" * 32

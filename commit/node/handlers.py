@@ -52,14 +52,15 @@ import trio
 
 from commit.config import COORDINATOR_GROUP, ClusterConfig, shard_group
 from commit.errors import CommitUnknown, Conflict
-from commit.node.coordinators import FaultHooks, TransactionManager
 from commit.node.faults import OPS, LinkFaults
+from commit.node.hooks import FaultHooks
 from commit.node.paxos_roles import PaxosNode
 from commit.node.resolver import InDoubtResolver
 from commit.node.silence_watch import SilenceWatch
 from commit.node.state_machines.coordinator_group import CoordinatorState
 from commit.node.state_machines.shard import ShardState
 from commit.node.tracing import Tracer
+from commit.node.transaction_manager import TransactionManager
 from commit.outcomes import ABORTED, COMMITTED, PREPARED, UNKNOWN
 from commit.protocols.paxos_commit import Phase2b
 from commit.protocols.registry import ONE_PHASE, Coordinator

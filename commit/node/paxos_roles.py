@@ -1,36 +1,33 @@
 """Paxos Commit on a node, apart from the leader: the participant's phase 2a, the acceptor, fast learning.
 
-* Participant (a shard leader): once its vote is replicated in its group, it
-  sends phase 2a at ballot 0 for its own instance ``(txid, shard)`` to every
-  acceptor (``send_vote``); a NO vote carries the shard's reason.
-* Acceptor (every coordinator-group node): accepts ballot-0 values as they
-  come; once it holds one for every participant of the transaction, it makes
-  them durable in one forced write and sends ONE bundled phase 2b to the
-  leader (and, for Faster Paxos Commit, to every participant). An "aborted"
-  value is forwarded at once, unbundled, with the participant's reason: it
-  decides the transaction alone, and the client is told why.
-  It also answers the leader's recovery phases 1a and 2a at higher ballots;
-  a 1a it refuses is answered with the ballot it promised instead, so that a
-  leader of an earlier term learns it has been superseded.
-* Fast learner (a shard leader, Faster Paxos Commit): tallies the bundles; once
-  every instance has F+1 acceptors at "prepared" (or any at "aborted") it
-  applies the outcome to its shard, without waiting for the leader.
+The rules are sans-IO cores (``commit.protocols.paxos_participant``: ``AcceptorBundles``,
+``FastLearner``); this module feeds them and carries their effects out through the driver's table
+(``commit.node.driver.EXECUTORS``):
+
+* Participant (a shard leader): once its vote is replicated in its group, it sends phase 2a at ballot 0
+  for its own instance ``(txid, shard)`` to every acceptor (``send_vote``); a NO vote carries the shard's
+  reason.
+* Acceptor (every coordinator-group node): ``AcceptorBundles`` decides when to persist and what 2b to
+  send. It also answers the leader's recovery phases 1a and 2a at higher ballots; a 1a it refuses is
+  answered with the ballot it promised instead, so that a leader of an earlier term learns it has been
+  superseded.
+* Fast learner (a shard leader, Faster Paxos Commit): ``FastLearner`` tallies the bundles; once it knows
+  the outcome the shard applies it, without waiting for the leader.
 """
 
 from __future__ import annotations
 
 import logging
-from collections import OrderedDict
-from dataclasses import dataclass, field
 from collections.abc import Awaitable
 from typing import Any
 
 import trio
 
-from commit.outcomes import ABORTED, COMMITTED
+from commit.node.driver import calls_of, carry_out
 from commit.node.peers import Peers
-from commit.outcomes import PREPARED
 from commit.node.tracing import Tracer
+from commit.outcomes import ABORTED, COMMITTED
+from commit.protocols.paxos_participant import AcceptorBundles, FastLearner, PersistAcceptances, Send2b, SendLearn, Vote2a
 from consensus.acceptor import Acceptor
 from consensus.errors import ClusterError
 from consensus.group import ReplicaGroup
@@ -38,37 +35,25 @@ from consensus.paxos import BALLOT_ZERO, Ballot
 
 log = logging.getLogger(__name__)
 
-MAX_PENDING = 10_000
-
-
-@dataclass
-class _Bundle:
-    participants: tuple[str, ...]
-    leader: str
-    fast: bool
-    hop: int
-    values: dict[str, str] = field(default_factory=dict)
-    sent: bool = False
-
 
 class PaxosNode:
     def __init__(
         self, node_id: str, acceptor: Acceptor | None, acceptor_ids: tuple[str, ...], peers: Peers,
         tracer: Tracer, shards: dict[str, ReplicaGroup], message_timeout_s: float, nursery: trio.Nursery,
+        max_pending: int,
     ) -> None:
         self.node_id = node_id
         self.acceptor = acceptor
         self.acceptor_ids = acceptor_ids
-        self.quorum = len(acceptor_ids) // 2 + 1
         self.peers = peers
         self.tracer = tracer
         self.shards = shards
         self.timeout_s = message_timeout_s
         self.nursery = nursery
-        self._bundles: OrderedDict[str, _Bundle] = OrderedDict()
+        self.bundles = AcceptorBundles(max_pending)
+        self.learner = FastLearner(len(acceptor_ids) // 2 + 1, max_pending)
         # Set by the node once its leader side exists: hands a 2b to a leader on this same node.
         self.deliver_local: Any = None
-        self._tallies: OrderedDict[tuple[str, str], dict[str, dict[str, str]]] = OrderedDict()
 
     async def _bounded(self, what: str, call: Any) -> Any:
         with trio.move_on_after(self.timeout_s):
@@ -102,50 +87,45 @@ class PaxosNode:
     async def on_phase2a(self, txid: str, shard: str, value: str, reason: str, participants: tuple[str, ...],
                          leader: str, fast: bool, hop: int) -> None:
         assert self.acceptor is not None
-        if not self.acceptor.accept_now((txid, shard), BALLOT_ZERO, value):
-            # A recovery ballot got here first: this acceptor promised not to accept ballot 0 any more,
-            # and reporting the value as accepted could let a leader count a quorum that never was.
-            return
-        bundle = self._bundles.get(txid)
-        if bundle is None:
-            bundle = self._bundles[txid] = _Bundle(participants, leader, fast, hop)
-            while len(self._bundles) > MAX_PENDING:
-                self._bundles.popitem(last=False)
-        bundle.values[shard] = value
-        bundle.hop = max(bundle.hop, hop)
-        if value == PREPARED and (bundle.sent or set(bundle.values) != set(participants)):
-            return
-        instances = [(txid, p) for p in (participants if value == PREPARED else (shard,))]
-        if await self.acceptor.persist(instances):
-            self.tracer.forced(txid, "acceptor accept")
-        values = dict(bundle.values) if value == PREPARED else {shard: value}
-        if value == PREPARED:
-            bundle.sent = True
-        self._send_2b(txid, values, {} if value == PREPARED else {shard: reason}, bundle)
+        vote = Vote2a(txid=txid, shard=shard, value=value, reason=reason, participants=participants, leader=leader,
+                      fast=fast, hop=hop, accepted=self.acceptor.accept_now((txid, shard), BALLOT_ZERO, value))
+        await carry_out(calls_of(self.bundles.on_2a(vote)), self, None)
 
-    def _send_2b(self, txid: str, values: dict[str, str], reasons: dict[str, str], bundle: _Bundle) -> None:
+    async def persist_acceptances(self, _: None, effect: PersistAcceptances) -> None:
         assert self.acceptor is not None
-        params = {"txid": txid, "acceptor": self.acceptor.name, "ballot": list(BALLOT_ZERO),
-                  "values": values, "hop": bundle.hop + 1}
+        if await self.acceptor.persist([(effect.txid, p) for p in effect.participants]):
+            self.tracer.forced(effect.txid, "acceptor accept")
+
+    def _2b_params(self, txid: str, values: dict[str, str], reasons: dict[str, str], hop: int) -> dict[str, Any]:
+        assert self.acceptor is not None
+        params = {"txid": txid, "acceptor": self.acceptor.name, "ballot": list(BALLOT_ZERO), "values": values,
+                  "hop": hop}
         if reasons:
             params["reasons"] = reasons
-        self.tracer.sent(txid, "2b", bundle.leader, bundle.hop + 1)
-        if bundle.leader == self.node_id and self.deliver_local is not None:
-            self.deliver_local(txid, self.acceptor.name, BALLOT_ZERO, values, bundle.hop + 1, reasons)
+        return params
+
+    async def send_2b(self, _: None, effect: Send2b) -> None:
+        assert self.acceptor is not None
+        self.tracer.sent(effect.txid, "2b", effect.leader, effect.hop)
+        if effect.leader == self.node_id and self.deliver_local is not None:
+            self.deliver_local(effect.txid, self.acceptor.name, BALLOT_ZERO, effect.values, effect.hop, effect.reasons)
+            return
+        params = self._2b_params(effect.txid, effect.values, effect.reasons, effect.hop)
+        self.nursery.start_soon(self._bounded, f"2b {effect.txid} to {effect.leader}",
+                                self.peers.call_node(effect.leader, "paxos.phase2b", params))
+
+    async def send_learn(self, _: None, effect: SendLearn) -> None:
+        assert self.acceptor is not None
+        group = self.shards.get(effect.shard)
+        call: Awaitable[Any]
+        if group is not None and group.is_leader():  # this node leads that participant: no RPC
+            self.tracer.sent(effect.txid, "2b", self.node_id, effect.hop)
+            call = self.on_learn(effect.txid, effect.shard, self.acceptor.name, effect.values, effect.participants)
         else:
-            self.nursery.start_soon(self._bounded, f"2b {txid} to {bundle.leader}",
-                                    self.peers.call_node(bundle.leader, "paxos.phase2b", params))
-        if bundle.fast:
-            for shard in bundle.participants:
-                group = self.shards.get(shard)
-                call: Awaitable[Any]
-                if group is not None and group.is_leader():  # this node leads that participant: no RPC
-                    self.tracer.sent(txid, "2b", self.node_id, bundle.hop + 1)
-                    call = self.on_learn(txid, shard, self.acceptor.name, values, bundle.participants)
-                else:
-                    learn = {**params, "shard": shard, "participants": list(bundle.participants)}
-                    call = self.peers.call_group_traced(shard, "paxos.learn", learn, "2b", bundle.hop + 1)
-                self.nursery.start_soon(self._bounded, f"2b {txid} to {shard}", call)
+            learn = {**self._2b_params(effect.txid, effect.values, {}, effect.hop), "shard": effect.shard,
+                     "participants": list(effect.participants)}
+            call = self.peers.call_group_traced(effect.shard, "paxos.learn", learn, "2b", effect.hop)
+        self.nursery.start_soon(self._bounded, f"2b {effect.txid} to {effect.shard}", call)
 
     async def on_phase1a(self, txid: str, ballot: Ballot, instances: tuple[str, ...]) -> dict[str, Any]:
         assert self.acceptor is not None
@@ -164,22 +144,9 @@ class PaxosNode:
     # -- fast learner ---------------------------------------------------------------------
 
     async def on_learn(self, txid: str, shard: str, acceptor: str, values: dict[str, str],
-                       participants: tuple[str, ...] | None) -> str | None:
+                       participants: tuple[str, ...]) -> str | None:
         """Tally an acceptor's bundle at a participant; apply the outcome once it is known."""
-        tally = self._tallies.setdefault((txid, shard), {})
-        while len(self._tallies) > MAX_PENDING:
-            self._tallies.popitem(last=False)
-        tally[acceptor] = values
-        seen = {p for v in tally.values() for p in v}
-        if any(v == ABORTED for bundle in tally.values() for v in bundle.values()):
-            outcome = ABORTED
-        elif participants is not None and all(
-            sum(1 for b in tally.values() if b.get(p) == PREPARED) >= self.quorum for p in participants
-        ) and seen >= set(participants):
-            outcome = COMMITTED
-        else:
-            return None
-        group = self.shards[shard]
-        await group.propose(("commit" if outcome == COMMITTED else "abort", txid))
-        self._tallies.pop((txid, shard), None)
+        outcome = self.learner.on_2b(txid, shard, acceptor, values, participants)
+        if outcome is not None:
+            await self.shards[shard].propose(("commit" if outcome == COMMITTED else "abort", txid))
         return outcome

@@ -20,18 +20,12 @@ from functools import partial
 import trio
 
 from commit.client import connect
-from commit.config import COORDINATOR_GROUP, ClusterConfig
-from commit.node.coordinators import (
-    FaultHooks,
-    LocalLogStore,
-    PaxosSetup,
-    RaftStore,
-    TransactionManager,
-    recover_in_flight,
-)
+from commit.config import COORDINATOR_GROUP, ClusterConfig, Limits
 from commit.node.decision_log import DecisionLog
+from commit.node.decision_stores import LocalLogStore, RaftStore
 from commit.node.faults import LinkFaults
 from commit.node.handlers import NodeService
+from commit.node.hooks import FaultHooks
 from commit.node.paxos_roles import PaxosNode
 from commit.node.peers import Peers
 from commit.node.resolver import InDoubtResolver
@@ -39,6 +33,7 @@ from commit.node.silence_watch import SilenceWatch
 from commit.node.state_machines.coordinator_group import CoordinatorState
 from commit.node.state_machines.shard import ShardState
 from commit.node.tracing import Tracer
+from commit.node.transaction_manager import PaxosSetup, TransactionManager, recover_in_flight
 from commit.protocols.registry import PROTOCOLS, Coordinator, DecisionStore, ProtocolSpec
 from consensus.acceptor import Acceptor
 from consensus.errors import ClusterError
@@ -50,8 +45,9 @@ log = logging.getLogger(__name__)
 LEADERSHIP_POLL_S = 0.1
 
 
-def _machine_for(group_name: str) -> StateMachine:
-    return CoordinatorState() if group_name == COORDINATOR_GROUP else ShardState()
+def _machine_for(group_name: str, limits: Limits) -> StateMachine:
+    cap = limits.max_remembered_transactions  # every replica reads the same cluster.toml: a deterministic cap
+    return CoordinatorState(cap) if group_name == COORDINATOR_GROUP else ShardState(cap)
 
 
 async def _watch_coordinator_leadership(manager: TransactionManager, group: ReplicaGroup) -> None:
@@ -80,11 +76,11 @@ async def serve_node(
     node = config.node(node_id)
     config.node_dir(node_id).mkdir(parents=True, exist_ok=True)
     token = trio.lowlevel.current_trio_token()
-    specs = [(spec, _machine_for(spec.name)) for spec in config.group_specs(node_id)]
+    specs = [(spec, _machine_for(spec.name, config.limits)) for spec in config.group_specs(node_id)]
     txn = config.transactions
     hooks = FaultHooks(txn.fault_hooks)
     faults = LinkFaults(node_id, txn.fault_hooks)
-    tracer = Tracer(node_id)
+    tracer = Tracer(node_id, config.limits.max_traced_transactions)
     acceptors = config.coordinator_members
     with open_replica_groups(specs, token) as groups:
         async with connect(config) as peer_db, trio.open_nursery() as nursery:
@@ -97,7 +93,8 @@ async def serve_node(
                 return TransactionManager(
                     spec, store, peers, node_id=node_id, vote_timeout_s=txn.vote_timeout_s,
                     resend_s=txn.decision_resend_s, persist_timeout_s=config.timeouts.request_s,
-                    hooks=hooks, tracer=tracer, nursery=nursery, paxos=paxos,
+                    hooks=hooks, tracer=tracer, nursery=nursery,
+                    max_remembered=config.limits.max_remembered_transactions, paxos=paxos,
                 )
 
             managers: dict[str, TransactionManager] = {}
@@ -136,7 +133,7 @@ async def serve_node(
             )
             nursery.start_soon(resolver.run)
             paxos_node = PaxosNode(node_id, acceptor, acceptors, peers, tracer, shards,
-                                   txn.vote_timeout_s, nursery)
+                                   txn.vote_timeout_s, nursery, config.limits.max_pending_bundles)
             service = NodeService(config, node_id, groups, managers, resolver, silence, hooks, faults, paxos_node,
                                   tracer)
             await nursery.start(

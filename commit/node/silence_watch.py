@@ -24,7 +24,9 @@ from typing import Any
 
 import trio
 
-from commit.node.coordinators import TransactionManager
+from commit.node.driver import calls_of, carry_out
+from commit.node.transaction_manager import TransactionManager
+from commit.outcomes import ABORTED
 from commit.protocols import three_phase as three
 from commit.node.state_machines.shard import ShardState
 from commit.txids import protocol_of
@@ -35,28 +37,27 @@ log = logging.getLogger(__name__)
 
 
 class SilenceWatch:
+    """Runs the shards' ``SilenceTimer`` on this node's shard leaders, and carries out what it decides."""
+
     def __init__(self, shards: dict[str, ReplicaGroup], terminators: TransactionManager, *, wait_s: float,
                  stagger_s: float, interval_s: float) -> None:
         self.shards = shards
         self.terminators = terminators
-        self.wait_s = wait_s
-        self.stagger_s = stagger_s
+        self.timer = three.SilenceTimer(wait_s, stagger_s)
         self.interval_s = interval_s
-        self.last_change: dict[tuple[str, str], tuple[float, str, three.Round]] = {}
         self.unilateral_aborts = 0
         self.terminations = 0
 
     async def run(self) -> None:
         while True:
             await trio.sleep(self.interval_s)
-            seen: set[tuple[str, str]] = set()
+            held: set[tuple[str, str]] = set()
             for name, group in self.shards.items():
                 if group.is_leader():
                     for txid in self._three_phase_prepared(group):
-                        seen.add((name, txid))
+                        held.add((name, txid))
                         await self._look_at(group, txid)
-            for key in [k for k in self.last_change if k not in seen]:
-                del self.last_change[key]
+            self.timer.forget_all_but(held)
 
     def counts(self) -> dict[str, int]:
         return {"aborted_alone": self.unilateral_aborts, "terminations": self.terminations}
@@ -71,7 +72,7 @@ class SilenceWatch:
                 "state": f"participant:{phase}" + (f" round {list(promised)}" if promised != (0, 0) else ""),
                 "age_s": round(now - since, 3),
             }
-            for (shard, txid), (since, phase, promised) in self.last_change.items()
+            for (shard, txid), (since, phase, promised) in self.timer.last_change.items()
         ]
 
     def _three_phase_prepared(self, group: ReplicaGroup) -> list[str]:
@@ -85,30 +86,26 @@ class SilenceWatch:
         prepared = machine.prepared.get(txid)
         if prepared is None or txid in self.terminators.active:
             return
-        now = trio.current_time()
-        key = (group.name, txid)
-        since, phase, promised = self.last_change.get(key, (now, "", three.COORDINATOR_ROUND))
-        if (phase, promised) != (prepared.phase, prepared.promised):
-            self.last_change[key] = (now, prepared.phase, prepared.promised)
+        effects = self.timer.observe(group.name, txid, prepared.phase, prepared.promised,
+                                     prepared.participants or (group.name,), protocol_of(txid).quorum,
+                                     trio.current_time())
+        await carry_out(calls_of(effects), self, None)
+
+    # -- executors (commit.node.driver.EXECUTORS names them) ---------------------------------------
+
+    async def abort_alone(self, _: None, effect: three.AbortAlone) -> None:
+        group = self.shards[effect.shard]
+        try:
+            state, _ = await group.propose(("3pc_timeout_abort", effect.txid))
+        except ClusterError as exc:
+            log.info("%s on %s: could not abort after the coordinator went quiet: %s", effect.txid, group.name, exc)
             return
-        participants = prepared.participants or (group.name,)
-        index = participants.index(group.name) if group.name in participants else len(participants)
-        if now - since < self.wait_s + index * self.stagger_s:
-            return
-        self.last_change[key] = (now, phase, promised)  # the next try waits a full quiet period again
-        quorum = protocol_of(txid).quorum
-        if three.on_silence(prepared.phase, prepared.promised, quorum) == "abort":
-            try:
-                state, _ = await group.propose(("3pc_timeout_abort", txid))
-            except ClusterError as exc:
-                log.info("%s on %s: could not abort after the coordinator went quiet: %s", txid, group.name, exc)
-                return
-            if state == three.ABORTED:
-                self.unilateral_aborts += 1
-                log.info("%s on %s: coordinator quiet while waiting: aborted on its own", txid, group.name)
-            return
-        round_ = three.next_round(prepared.promised, index)
-        if self.terminators.terminate(txid, participants, round_, quorum):
+        if state == ABORTED:
+            self.unilateral_aborts += 1
+            log.info("%s on %s: coordinator quiet while waiting: aborted on its own", effect.txid, group.name)
+
+    async def terminate(self, _: None, effect: three.Terminate) -> None:
+        if self.terminators.terminate(effect.txid, effect.participants, effect.round, effect.quorum):
             self.terminations += 1
-            log.info("%s on %s: coordinator quiet while %s: terminating at round %s", txid, group.name,
-                     prepared.phase, list(round_))
+            log.info("%s on %s: coordinator quiet: terminating at round %s", effect.txid, effect.shard,
+                     list(effect.round))

@@ -15,25 +15,23 @@ Lamport's formulas. Bounded: the oldest transactions are forgotten first.
 from __future__ import annotations
 
 import time
-from collections import Counter, OrderedDict
+from collections import Counter
 from typing import Any
 
-MAX_TRACED = 20_000
+from consensus.bounded import BoundedTable
 
 
 class Tracer:
-    def __init__(self, node_id: str) -> None:
+    def __init__(self, node_id: str, max_traced: int) -> None:
         self.node_id = node_id
-        self.events: OrderedDict[str, list[dict[str, Any]]] = OrderedDict()
+        self.events: BoundedTable[str, list[dict[str, Any]]] = BoundedTable(max_traced)
         self.messages: Counter[str] = Counter()
         self.forced_writes: Counter[str] = Counter()
 
     def _add(self, txid: str, event: dict[str, Any], at: float | None = None) -> None:
         events = self.events.get(txid)
         if events is None:
-            events = self.events[txid] = []
-            while len(self.events) > MAX_TRACED:
-                self.events.popitem(last=False)
+            events = self.events.remember(txid, [])
         events.append({"t": time.time() if at is None else at, "node": self.node_id, **event})
 
     def sent(self, txid: str, kind: str, dst: str, hop: int, at: float | None = None) -> None:

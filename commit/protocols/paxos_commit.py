@@ -46,10 +46,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from commit.outcomes import ABORTED, COMMITTED, PREPARED
-from commit.protocols.two_phase import (
+from commit.protocols.events import (
     Acked,
     Finished,
     ProtocolError,
@@ -140,6 +140,9 @@ TRANSITIONS: dict[str, tuple[type, ...]] = {
 
 @dataclass
 class PaxosCommitLeader:
+    EFFECTS: ClassVar[tuple[type, ...]] = (SendPrepare, Phase1a, Phase2a, SendDecision, Reply, SetTimer, Finished,
+                                           Superseded)
+
     txid: str
     participants: tuple[str, ...]
     acceptors: tuple[str, ...]

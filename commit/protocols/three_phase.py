@@ -62,9 +62,10 @@ also commits at Vc acks, and never aborts once it sent a PreCommit.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from commit.outcomes import ABORTED, COMMITTED, DECIDED, PENDING
-from commit.protocols.two_phase import (
+from commit.protocols.events import (
     Acked,
     Finished,
     ProtocolError,
@@ -109,6 +110,67 @@ def on_silence(phase: str, promised: Round, quorum: bool) -> str:
     if phase == WAITING and promised == COORDINATOR_ROUND and not quorum:
         return "abort"
     return "terminate"
+
+
+# -- the participant's side: when it acts without its coordinator ------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AbortAlone:
+    """A waiting participant whose coordinator went quiet aborts on its own (plain 3PC, never joined)."""
+
+    txid: str
+    shard: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Terminate:
+    """A participant whose coordinator went quiet runs Skeen's termination protocol at ``round``."""
+
+    txid: str
+    shard: str
+    participants: tuple[str, ...]
+    round: Round
+    quorum: bool
+
+
+class SilenceTimer:
+    """The quiet period of each 3PC participant a shard leader holds, and what it does when it runs out.
+
+    A participant whose state (phase and promised round) has not changed for ``wait_s`` plus
+    ``stagger_s`` times its place among the participants acts by ``on_silence``. The stagger makes the
+    lowest-numbered live participant act first, which is how the participants elect a terminator; after
+    acting, it waits a full quiet period again. This is where 3PC's assumption bites: "quiet" is a
+    timeout, not a perfect failure detector, so a partitioned coordinator looks crashed.
+    """
+
+    EFFECTS = (AbortAlone, Terminate)
+
+    def __init__(self, wait_s: float, stagger_s: float) -> None:
+        self.wait_s = wait_s
+        self.stagger_s = stagger_s
+        self.last_change: dict[tuple[str, str], tuple[float, str, Round]] = {}  # (shard, txid) -> since
+
+    def observe(self, shard: str, txid: str, phase: str, promised: Round, participants: tuple[str, ...],
+                quorum: bool, now: float) -> list[AbortAlone | Terminate]:
+        key = (shard, txid)
+        since, seen_phase, seen_promised = self.last_change.get(key, (now, "", COORDINATOR_ROUND))
+        if (seen_phase, seen_promised) != (phase, promised):
+            self.last_change[key] = (now, phase, promised)
+            return []
+        index = participants.index(shard) if shard in participants else len(participants)
+        if now - since < self.wait_s + index * self.stagger_s:
+            return []
+        self.last_change[key] = (now, phase, promised)  # the next try waits a full quiet period again
+        if on_silence(phase, promised, quorum) == "abort":
+            return [AbortAlone(txid=txid, shard=shard)]
+        return [Terminate(txid=txid, shard=shard, participants=participants, round=next_round(promised, index),
+                          quorum=quorum)]
+
+    def forget_all_but(self, held: set[tuple[str, str]]) -> None:
+        """Drop the transactions the shards no longer hold prepared (decided, or leadership moved)."""
+        for key in [k for k in self.last_change if k not in held]:
+            del self.last_change[key]
 
 
 # -- events (besides Start, Vote, Acked and TimerFired, shared with 2PC) ----------------
@@ -158,7 +220,8 @@ class ThreePhaseCoordinator:
     with outcome ``pending`` when a terminator took the transaction over.
     """
 
-    TRANSITIONS: dict[str, tuple[type, ...]] = {
+    EFFECTS: ClassVar[tuple[type, ...]] = (SendPrepare, SendMove, SendDecision, Reply, SetTimer, Finished)
+    TRANSITIONS: ClassVar[dict[str, tuple[type, ...]]] = {
         "idle": (Start,),
         "collecting": (Vote, TimerFired, StateReport),
         "precommitting": (StateReport, TimerFired, Vote),
@@ -259,6 +322,8 @@ class Terminator:
 
     States: idle -> joining -> (moving ->) announcing -> done; or done at once by ``GaveUp``.
     """
+
+    EFFECTS: ClassVar[tuple[type, ...]] = (SendJoin, SendMove, SendDecision, SetTimer, Finished, GaveUp)
 
     txid: str
     participants: tuple[str, ...]

@@ -35,21 +35,25 @@ diagram in docs/PROTOCOLS.md):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from commit.outcomes import ABORTED, COMMITTED
+from commit.protocols.events import (
+    Acked,
+    Finished,
+    ProtocolError,
+    Reply,
+    SendDecision,
+    SendPrepare,
+    SetTimer,
+    Start,
+    TimerFired,
+    Vote,
+    votes_missing,
+)
 
 
-
-class ProtocolError(Exception):
-    """An event the protocol has no transition for: a bug, never a network fault."""
-
-
-# -- events ------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Start:
-    now: float
+# -- events (besides Start, Vote, Acked and TimerFired, shared: commit.protocols.events) -----------
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -68,28 +72,9 @@ class Persisted:
     outcome: str | None = None
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Vote:
-    now: float
-    participant: str
-    yes: bool
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Acked:
-    now: float
-    participant: str
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class TimerFired:
-    now: float
-    name: str
-
-
 Event = Start | Recover | Persisted | Vote | Acked | TimerFired
 
-# -- effects -----------------------------------------------------------------------
+# -- effects (besides SendPrepare, SendDecision, Reply, SetTimer and Finished) --------------------
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -102,48 +87,10 @@ class PersistDecision:
     outcome: str
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class SendPrepare:
-    participant: str
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class SendDecision:
-    participant: str
-    outcome: str
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Reply:
-    """Tell the client the outcome; for an abort, ``no_votes`` are the participants that voted no and
-    ``reason`` says what else made it abort (a vote that never came)."""
-
-    outcome: str
-    no_votes: tuple[str, ...] = ()
-    reason: str = ""
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class SetTimer:
-    name: str
-    deadline: float
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Finished:
-    outcome: str
-
-
 Effect = PersistBegin | PersistDecision | SendPrepare | SendDecision | Reply | SetTimer | Finished
 
 VOTES_TIMER = "votes"
 RESEND_TIMER = "resend"
-
-
-def votes_missing(participants: tuple[str, ...], voted: set[str], vote_timeout_s: float) -> str:
-    """Why a vote timer aborted: the participants whose vote never came, for the client to read."""
-    silent = ", ".join(p for p in participants if p not in voted)
-    return f"no vote from {silent} within {vote_timeout_s}s"
 
 # state -> event types it accepts (anything else is a ProtocolError; stale
 # duplicates of accepted types are ignored inside the handlers).
@@ -159,6 +106,9 @@ TRANSITIONS: dict[str, tuple[type, ...]] = {
 
 @dataclass
 class TwoPhaseCoordinator:
+    EFFECTS: ClassVar[tuple[type, ...]] = (PersistBegin, PersistDecision, SendPrepare, SendDecision, Reply, SetTimer,
+                                           Finished)
+
     txid: str
     participants: tuple[str, ...]
     record_begin: bool

@@ -5,7 +5,7 @@ throwaway cluster.toml on free loopback ports (the same settings as the
 default cluster.toml unless told otherwise) and starts, kills -9, pauses and
 restarts its nodes. Everything is real: processes, TCP, files. With
 ``transactions.fault_hooks`` on, it also cuts and heals the nodes' RPC links,
-drops RPC methods and holds coordinators (``commit.faults``).
+drops RPC methods and holds coordinators (``commit.node.faults``, ``commit.node.hooks``).
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from commit.protocols.two_phase import ProtocolError, SetTimer, TimerFired
+from commit.node.driver import Call, CoreRun, Failed
 from commit.node.state_machines.shard import Reads, ShardState, Writes
 from consensus.errors import InternalError
 
@@ -131,8 +131,7 @@ class SimWorld(ABC):
         self.participants = {txid: txn.participants for txid, txn in self.txns.items()}
         # the coordinator process: volatile
         self.up = True
-        self.cores: dict[str, Any] = {}
-        self.timers: dict[tuple[str, str], float] = {}
+        self.runs: dict[str, CoreRun] = {}  # the cores it drives, each under the node's own driver code
         # the rest
         self.started: set[str] = set()
         self.bag: list[Any] = []
@@ -183,26 +182,41 @@ class SimWorld(ABC):
             made.append(Txn(txid, parts, reads, writes))
         return made
 
-    # -- the coordinator driver ----------------------------------------------------------
+    # -- the coordinator driver: commit.node.driver's CoreRun, carried out synchronously ------------
 
-    def _handle(self, txid: str, event: Any) -> None:
-        core = self.cores[txid]
-        try:
-            effects = core.handle(event)
-        except ProtocolError as exc:
-            raise self._failure(f"ProtocolError from the core: {exc}") from exc
-        if core.outcome is not None:
-            self._say("core", txid, core.outcome)
-        for effect in effects:
-            self._carry_out(txid, effect)
+    @property
+    def cores(self) -> dict[str, Any]:
+        return {key: run.core for key, run in self._live_runs().items()}
 
-    def _carry_out(self, txid: str, effect: Any) -> None:
-        """The effects every core has (a subclass carries out the others first)."""
-        match effect:
-            case SetTimer(name=name, deadline=deadline):
-                self.timers[(txid, name)] = deadline
-            case _:
-                raise self._failure(f"unknown effect {effect!r}")
+    @property
+    def timers(self) -> dict[tuple[str, str], float]:
+        """Every running core's timers, by (run, timer name): what the scheduler may fire."""
+        return {(key, name): deadline for key, run in self._live_runs().items()
+                for name, deadline in run.timers.items()}
+
+    def _live_runs(self) -> dict[str, CoreRun]:
+        return self.runs
+
+    def _handle(self, key: str, event: Any) -> None:
+        run = self._live_runs()[key]
+        self._carry(run, run.handle(event))
+
+    def _carry(self, run: CoreRun, calls: list[Call]) -> None:
+        """The calls of one step, each by this world's executor of that name (``driver.EXECUTORS``)."""
+        if run.core.outcome in OUTCOMES:
+            self._say(self._sayer(run), run.core.txid, run.core.outcome)
+        for name, effect in calls:
+            getattr(self, name)(run, effect)
+
+    def _sayer(self, run: CoreRun) -> str:
+        """Who the history says spoke when ``run``'s core decided."""
+        return "core"
+
+    def _who(self, run: CoreRun) -> str:
+        return f"the {self._sayer(run)}"
+
+    def failed(self, run: CoreRun, effect: Failed) -> None:
+        raise self._failure(f"ProtocolError from {self._who(run)}: {effect.reason}") from run.error
 
     def _say(self, source: str, txid: str, outcome: str) -> None:
         """Record that ``source`` said ``outcome`` for ``txid``, the first time it does."""
@@ -212,9 +226,7 @@ class SimWorld(ABC):
 
     def _forget(self, txid: str) -> None:
         """The core of ``txid`` finished: drop it and its timers."""
-        del self.cores[txid]
-        for key in [key for key in self.timers if key[0] == txid]:
-            del self.timers[key]
+        del self.runs[txid]
 
     # -- the shard leader driver ---------------------------------------------------------
 
@@ -245,17 +257,16 @@ class SimWorld(ABC):
         self.bag.append(self.bag[index])
 
     def fire(self, key: tuple[str, str]) -> None:
-        deadline = self.timers.pop(key)
-        self.now = max(self.now, deadline)
-        txid, name = key
-        self._handle(txid, TimerFired(now=self.now, name=name))
+        ident, name = key
+        run = self._live_runs()[ident]
+        self.now = max(self.now, run.timers[name])
+        self._carry(run, run.fire(name, self.now))
 
     def crash(self) -> None:
         """The coordinator process dies, with its cores and timers (a subclass adds what else it loses)."""
         assert self.up
         self.up = False
-        self.cores.clear()
-        self.timers.clear()
+        self.runs.clear()
 
     # -- observing and checking ----------------------------------------------------------
 
@@ -394,7 +405,7 @@ class SimWorld(ABC):
         return (
             self.up
             and not self.bag
-            and not self.cores
+            and not self._live_runs()
             and len(self.started) == len(self.txns)
             and all(not s.prepared and not s.locks for s in self.shards.values())
         )

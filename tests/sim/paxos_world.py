@@ -1,6 +1,7 @@
 """A deterministic simulator for Paxos Commit and Faster Paxos Commit (Gray & Lamport 2006).
 
-The simulator drives the sans-IO core ``PaxosCommitLeader`` the way the driver is specified to, with
+The simulator drives the sans-IO core ``PaxosCommitLeader`` with the node's own driver code
+(``commit.node.driver.CoreRun``) and executors of its own, with
 everything else replaced by deterministic models. It runs on the scheduler of ``tests/sim/base.py``
 (``SimWorld``), as the 2PC simulator ``tests/sim/world.py`` does, and reuses that one's ``Checker``:
 
@@ -8,9 +9,11 @@ everything else replaced by deterministic models. It runs on the scheduler of ``
   everything). On PREPARE a shard applies ``prepare`` and sends its vote as phase 2a at ballot 0
   ("prepared" or "aborted") for instance ``(txid, shard)`` to every acceptor, one message each. A
   repeated PREPARE re-applies ``prepare``: the same 2a again while the txid is prepared there, no 2a
-  once it is decided there (``("decided", outcome)``, as ``commit/service.py`` does);
-* three acceptors (F = 1), each an ``AcceptorState`` that is durable: an acceptor crash is the
-  acceptor being down (messages to it are lost, it sends nothing) and later up again, state intact;
+  once it is decided there (``("decided", outcome)``, as ``commit/node/handlers.py`` does);
+* three acceptors (F = 1), each an ``AcceptorState`` that is durable, with the node's own bundling of
+  ballot-0 2b messages (``AcceptorBundles``; the shards learn with the node's ``FastLearner``): an
+  acceptor crash is the acceptor being down (messages to it are lost, it sends nothing) and later up
+  again, its state intact and its bundles (volatile) gone;
 * one leader process, volatile: a crash loses its cores, timers and pending questions. There is no
   durable coordinator record: recovery is driven by in-doubt shards asking the leader, which starts a
   core of a new incarnation (ballots ``(incarnation, 0, counter)``, higher than all earlier ones) and
@@ -45,16 +48,25 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from commit.node.driver import CoreRun, calls_of
 from commit.protocols.paxos_commit import (
-    Effect,
     PaxosCommitLeader,
     Phase1a,
     Phase1b,
     Phase2a,
     Phase2b,
     Recover,
+    Superseded,
 )
-from commit.protocols.two_phase import Acked, Finished, Reply, SendDecision, SendPrepare, Start
+from commit.protocols.events import Acked, Finished, Reply, SendDecision, SendPrepare, Start
+from commit.protocols.paxos_participant import (
+    AcceptorBundles,
+    FastLearner,
+    PersistAcceptances,
+    Send2b,
+    SendLearn,
+    Vote2a,
+)
 from consensus.paxos import BALLOT_ZERO, NO_PROMISE, AcceptorState, Ballot
 from tests.sim.base import ABORTED, COMMITTED, OUTCOMES, PREPARED, Candidate, SimWorld
 from tests.sim.base import Weights as CommonWeights
@@ -63,6 +75,7 @@ from tests.sim.world import Checker, HistoryEntry, Replied
 VARIANTS = {False: "classic", True: "fast"}  # fast: Faster Paxos Commit
 ACCEPTORS = ("a1", "a2", "a3")
 LEADER = "leader"
+BUNDLE_CAP = 1000  # far more than a run has transactions: the sim never evicts
 
 Instance = tuple[str, str]  # (txid, participant)
 
@@ -329,8 +342,10 @@ class PaxosWorld(SimWorld):
         self.incarnation = 1
         self._counter: Iterator[int] = itertools.count(1)
         self.waiting: dict[str, list[str]] = {}  # txid -> shards that asked, answered at the core's Reply
-        # fast mode: what each shard heard from acceptors, (shard, txid) -> participant -> acceptors
-        self.heard: dict[tuple[str, str], dict[str, set[str]]] = {}
+        # the acceptors' and the shards' sides, as the node runs them (commit.protocols.paxos_participant);
+        # an acceptor's bundles are volatile, lost when it goes down
+        self.bundles: dict[str, AcceptorBundles] = {name: AcceptorBundles(BUNDLE_CAP) for name in ACCEPTORS}
+        self.learners: dict[str, FastLearner] = {}
         self.learned: dict[str, int] = {COMMITTED: 0, ABORTED: 0}  # fast: decisions shards learned by themselves
         # the rest
         self.checker = PaxosChecker(self.participants, ACCEPTORS)
@@ -353,35 +368,42 @@ class PaxosWorld(SimWorld):
             resend_s=self.resend_s,
             fast=self.fast,
         )
-        self.cores[txid] = core
+        self.runs[txid] = CoreRun(txid, core)
         return core
 
     def _send(self, kind: str, txid: str, src: str, dst: str, **fields: Any) -> None:
         self.bag.append(Message(kind, txid, src, dst, **fields))
 
-    def _carry_out(self, txid: str, effect: Effect) -> None:
-        match effect:
-            case SendPrepare(participant=shard):
-                self._send("prepare", txid, LEADER, shard)
-            case Phase1a(ballot=ballot, participants=parts):
-                self.ballots_used.append(ballot)
-                for acceptor in self.acceptor_names:
-                    self._send("1a", txid, LEADER, acceptor, ballot=ballot, participants=tuple(parts))
-            case Phase2a(ballot=ballot, values=values):
-                for acceptor in self.acceptor_names:
-                    self._send("2a", txid, LEADER, acceptor, ballot=ballot, values=tuple(sorted(values.items())))
-            case SendDecision(participant=shard, outcome=outcome):
-                self._say("decision message", txid, outcome)
-                self._send("decision", txid, LEADER, shard, outcome=outcome)
-            case Reply(outcome=outcome):
-                self._record(Replied(txid, outcome))
-                for shard in self.waiting.pop(txid, []):
-                    self._send("answer", txid, LEADER, shard, outcome=outcome)
-            case Finished():
-                self._forget(txid)
-                self.waiting.pop(txid, None)
-            case _:
-                super()._carry_out(txid, effect)
+    # -- its executors (commit.node.driver.EXECUTORS names them) -----------------------------
+
+    def send_prepare(self, run: CoreRun, effect: SendPrepare) -> None:
+        self._send("prepare", run.txid, LEADER, effect.participant)
+
+    def phase1a(self, run: CoreRun, effect: Phase1a) -> None:
+        self.ballots_used.append(effect.ballot)
+        for acceptor in self.acceptor_names:
+            self._send("1a", run.txid, LEADER, acceptor, ballot=effect.ballot, participants=tuple(effect.participants))
+
+    def phase2a(self, run: CoreRun, effect: Phase2a) -> None:
+        for acceptor in self.acceptor_names:
+            self._send("2a", run.txid, LEADER, acceptor, ballot=effect.ballot,
+                       values=tuple(sorted(effect.values.items())))
+
+    def send_decision(self, run: CoreRun, effect: SendDecision) -> None:
+        self._say("decision message", run.txid, effect.outcome)
+        self._send("decision", run.txid, LEADER, effect.participant, outcome=effect.outcome)
+
+    def reply(self, run: CoreRun, effect: Reply) -> None:
+        self._record(Replied(run.txid, effect.outcome))
+        for shard in self.waiting.pop(run.txid, []):
+            self._send("answer", run.txid, LEADER, shard, outcome=effect.outcome)
+
+    def finished(self, run: CoreRun, effect: Finished) -> None:
+        self._forget(run.txid)
+        self.waiting.pop(run.txid, None)
+
+    def superseded(self, run: CoreRun, effect: Superseded) -> None:
+        raise self._failure(f"{run.txid}: superseded with one leader incarnation at a time: {effect.reason}")
 
     def _leader_receives(self, msg: Message) -> None:
         if not self.up:
@@ -437,30 +459,30 @@ class PaxosWorld(SimWorld):
         self._record(Sent2b(name, txid, ballot, pairs, to))
         self._send("learn" if to != LEADER else "2b", txid, name, to, ballot=ballot, values=pairs)
 
+    # the acceptor's executors: its state is durable as soon as it changes, so persisting is nothing here
+
+    def persist_acceptances(self, name: str, effect: PersistAcceptances) -> None:
+        pass
+
+    def send_2b(self, name: str, effect: Send2b) -> None:
+        self._send_2b(name, effect.txid, BALLOT_ZERO, effect.values, LEADER)
+
+    def send_learn(self, name: str, effect: SendLearn) -> None:
+        self._send_2b(name, effect.txid, BALLOT_ZERO, effect.values, effect.shard)
+
     def _acceptor_receives(self, msg: Message) -> None:
         name = msg.dst
         if not self.acceptor_up[name]:
             return  # lost
         txid = msg.txid
-        state = self.acceptors[name]
         match msg.kind:
             case "vote":  # a participant's own 2a at ballot 0
                 ((shard, value),) = msg.values
-                if not self._accept(name, (txid, shard), BALLOT_ZERO, value):
-                    return
-                if value == ABORTED:
-                    self._send_2b(name, txid, BALLOT_ZERO, {shard: ABORTED}, LEADER)
-                    return
-                bundle = {}
-                for p in msg.participants:
-                    inst = state.get((txid, p))
-                    if inst.accepted_ballot != BALLOT_ZERO:
-                        return  # not every participant's ballot-0 value yet
-                    bundle[p] = inst.accepted_value
-                self._send_2b(name, txid, BALLOT_ZERO, bundle, LEADER)
-                if self.fast:
-                    for p in msg.participants:
-                        self._send_2b(name, txid, BALLOT_ZERO, bundle, p)
+                vote = Vote2a(txid=txid, shard=shard, value=value, reason="", participants=msg.participants,
+                              leader=LEADER, fast=self.fast, hop=0,
+                              accepted=self._accept(name, (txid, shard), BALLOT_ZERO, value))
+                for executor, effect in calls_of(self.bundles[name].on_2a(vote)):
+                    getattr(self, executor)(name, effect)
             case "1a":
                 promised = True
                 accepted: list[tuple[str, Ballot | None, Any]] = []
@@ -520,16 +542,10 @@ class PaxosWorld(SimWorld):
         if msg.ballot != BALLOT_ZERO:
             return
         txid = msg.txid
-        if any(value == ABORTED for _, value in msg.values):
-            outcome = ABORTED
-        else:
-            heard = self.heard.setdefault((shard, txid), {})
-            for p, value in msg.values:
-                if value == PREPARED:
-                    heard.setdefault(p, set()).add(msg.src)
-            if not all(len(heard.get(p, ())) >= self.f + 1 for p in self.participants[txid]):
-                return
-            outcome = COMMITTED
+        learner = self.learners.setdefault(shard, FastLearner(self.f + 1, BUNDLE_CAP))
+        outcome = learner.on_2b(txid, shard, msg.src, dict(msg.values), self.participants[txid])
+        if outcome is None:
+            return
         before = self.shards[shard].state_of(txid)
         if self._shard_decide(shard, txid, outcome) and before != outcome:
             self.learned[outcome] += 1
@@ -573,6 +589,7 @@ class PaxosWorld(SimWorld):
     def acceptor_back(self, name: str) -> None:
         assert not self.acceptor_up[name]
         self.acceptor_up[name] = True
+        self.bundles[name] = AcceptorBundles(BUNDLE_CAP)  # restarted: what it accepted is durable, its bundles not
 
     def ask(self, shard: str, txid: str) -> None:
         """An in-doubt shard asks the leader for the outcome."""

@@ -1,9 +1,10 @@
 """A deterministic simulator for Three-Phase Commit (``3pc`` and ``3pc-quorum``), with its invariant checker.
 
-The simulator drives the sans-IO cores of ``commit.protocols.three_phase`` as the trio driver does
-(``TransactionManager._execute`` in ``commit/coordinating.py``, and ``SilenceWatch`` in
-``commit/termination.py``), with everything else replaced by deterministic models (the scheduler is
-``SimWorld`` in ``tests/sim/base.py``):
+The simulator drives the sans-IO cores of ``commit.protocols.three_phase`` with the node's own driver
+code (``commit.node.driver.CoreRun``) and executors of its own, and acts on a participant's silence by
+the node's rules (``on_silence`` and ``next_round``, which ``SilenceTimer`` applies on a node), with
+everything else replaced by deterministic models (the scheduler is ``SimWorld`` in
+``tests/sim/base.py``):
 
 * shards are ``ShardState`` objects, Raft groups modelled as one atomic durable state machine that is
   always eventually available; each shard's leader runs on a node of its own, named after the shard;
@@ -70,9 +71,10 @@ import functools
 import itertools
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+from commit.node.driver import CoreRun
 from commit.protocols import three_phase as three
 from commit.protocols.three_phase import (
     ACKS_TIMER,
@@ -91,18 +93,7 @@ from commit.protocols.three_phase import (
     ThreePhaseCoordinator,
 )
 from commit.outcomes import PENDING
-from commit.protocols.two_phase import (
-    Acked,
-    Finished,
-    ProtocolError,
-    Reply,
-    SendDecision,
-    SendPrepare,
-    SetTimer,
-    Start,
-    TimerFired,
-    Vote,
-)
+from commit.protocols.events import Acked, Finished, Reply, SendDecision, SendPrepare, Start, Vote
 from tests.sim.base import (
     ABORTED,
     COMMITTED,
@@ -236,6 +227,10 @@ class Instance:
     core: Any
     incarnation: int = 0  # of the coordinator process, for a coordinator core
     status: str = "running"  # running | finished (said its outcome) | gone (crashed, gave up, stepped aside)
+    run: CoreRun = field(init=False)  # the core under the node's driver code, keyed by this instance's id
+
+    def __post_init__(self) -> None:
+        self.run = CoreRun(self.id, self.core)
 
     @property
     def name(self) -> str:
@@ -330,6 +325,8 @@ class ThreePhaseWorld(SimWorld):
         self.checker = ThreePhaseChecker(self.participants)
         self.incarnation = 1  # of the coordinator process
         self.live: dict[str, Instance] = {}  # every running core, by id
+        self.by_id: dict[str, Instance] = {}  # every core ever, by id
+        self.coordinators: dict[str, Any] = {}  # txid -> the running coordinator core (not a terminator)
         self.instances: dict[str, list[Instance]] = {txid: [] for txid in self.txns}  # every core ever
         self.terminators: dict[tuple[str, str], Instance] = {}  # (node, txid) -> its running terminator
         self._ids = itertools.count(1)
@@ -343,7 +340,7 @@ class ThreePhaseWorld(SimWorld):
         conflicts, so more commits to break."""
         return super()._make_txns(self.rng.randint(2, 6) if self._n_txns is None else n)
 
-    # -- the cores' driver (TransactionManager._drive and _execute) ---------------------------
+    # -- the cores' driver: commit.node.driver's CoreRun, with this world's executors -----------
 
     def _new_instance(self, node: str, txid: str, round_: Round, core: Any) -> Instance:
         number = next(self._ids)
@@ -353,63 +350,67 @@ class ThreePhaseWorld(SimWorld):
             ident = f"T{number}@{node}{list(round_)}".replace(" ", "")
         inst = Instance(ident, node, txid, round_, core, self.incarnation if node == COORD else 0)
         self.live[ident] = inst
+        self.by_id[ident] = inst
         self.instances[txid].append(inst)
         if round_ == COORDINATOR_ROUND:
-            self.cores[txid] = core
+            self.coordinators[txid] = core
         else:
             self.terminators[(node, txid)] = inst
         return inst
 
-    def _run(self, inst: Instance, event: Any) -> None:
-        try:
-            effects = inst.core.handle(event)
-        except ProtocolError as exc:
-            raise self._failure(f"ProtocolError from {inst.name}: {exc}") from exc
-        if inst.core.outcome in OUTCOMES:
-            self._say(inst.name, inst.txid, inst.core.outcome)
-        for effect in effects:
-            self._effect(inst, effect)
+    def _live_runs(self) -> dict[str, CoreRun]:
+        return {ident: inst.run for ident, inst in self.live.items()}
 
-    def _send(self, inst: Instance, kind: str, shard: str, **fields: Any) -> None:
+    def _sayer(self, run: CoreRun) -> str:
+        return self.by_id[run.txid].name
+
+    def _who(self, run: CoreRun) -> str:
+        return self._sayer(run)
+
+    def _run(self, inst: Instance, event: Any) -> None:
+        self._carry(inst.run, inst.run.handle(event))
+
+    def _send(self, run: CoreRun, kind: str, shard: str, **fields: Any) -> None:
+        inst = self.by_id[run.txid]
         self.bag.append(Message(kind, inst.txid, shard, inst.id, inst.node, **fields))
 
-    def _effect(self, inst: Instance, effect: Any) -> None:
-        match effect:
-            case SendPrepare(participant=shard):
-                self._send(inst, "prepare", shard)
-            case SendMove(participant=shard, target=target, round=round_):
-                self._send(inst, "move", shard, round=round_, target=target)
-            case SendJoin(participant=shard, round=round_):
-                self._send(inst, "join", shard, round=round_)
-            case SendDecision(participant=shard, outcome=outcome):
-                self._send(inst, "decision", shard, outcome=outcome)
-            case Reply(outcome=outcome):
-                self._record(Replied(inst.txid, outcome))
-            case SetTimer(name=name, deadline=deadline):
-                self.timers[(inst.id, name)] = deadline  # type: ignore[index]
-            case Finished(outcome=outcome):
-                self.stats["finished " + ("coordinator" if inst.round == COORDINATOR_ROUND else "terminator")] += 1
-                self._stop(inst, "finished" if outcome in OUTCOMES else "gone")
-            case GaveUp(reason=reason):
-                self.stats["gave up"] += 1
-                self.trace.append(f"       {inst.name} gave up: {reason}")
-                self._stop(inst, "gone")
-            case _:
-                raise self._failure(f"unknown effect {effect!r} from {inst.name}")
+    def send_prepare(self, run: CoreRun, effect: SendPrepare) -> None:
+        self._send(run, "prepare", effect.participant)
+
+    def send_move(self, run: CoreRun, effect: SendMove) -> None:
+        self._send(run, "move", effect.participant, round=effect.round, target=effect.target)
+
+    def send_join(self, run: CoreRun, effect: SendJoin) -> None:
+        self._send(run, "join", effect.participant, round=effect.round)
+
+    def send_decision(self, run: CoreRun, effect: SendDecision) -> None:
+        self._send(run, "decision", effect.participant, outcome=effect.outcome)
+
+    def reply(self, run: CoreRun, effect: Reply) -> None:
+        self._record(Replied(self.by_id[run.txid].txid, effect.outcome))
+
+    def finished(self, run: CoreRun, effect: Finished) -> None:
+        inst = self.by_id[run.txid]
+        self.stats["finished " + ("coordinator" if inst.round == COORDINATOR_ROUND else "terminator")] += 1
+        self._stop(inst, "finished" if effect.outcome in OUTCOMES else "gone")
+
+    def gave_up(self, run: CoreRun, effect: GaveUp) -> None:
+        inst = self.by_id[run.txid]
+        self.stats["gave up"] += 1
+        self.trace.append(f"       {inst.name} gave up: {effect.reason}")
+        self._stop(inst, "gone")
 
     def _stop(self, inst: Instance, status: str) -> None:
         """``inst`` ended (or its process died): drop it and its timers."""
         inst.status = status
         self.live.pop(inst.id, None)
-        for key in [key for key in self.timers if key[0] == inst.id]:
-            del self.timers[key]
         if inst.round == COORDINATOR_ROUND:
-            if self.cores.get(inst.txid) is inst.core:
-                del self.cores[inst.txid]
+            if self.coordinators.get(inst.txid) is inst.core:
+                del self.coordinators[inst.txid]
         elif self.terminators.get((inst.node, inst.txid)) is inst:
             del self.terminators[(inst.node, inst.txid)]
 
-    # -- the shard leader driver (commit/service.py) ------------------------------------------
+    # -- the shard leader driver (commit/node/handlers.py) ------------------------------------------
 
     def _shard_receives(self, msg: Message) -> None:
         shard, txid = msg.shard, msg.txid
@@ -551,17 +552,11 @@ class ThreePhaseWorld(SimWorld):
         del self.bag[before - 1 :]  # the answer, if any
         self.bag.append(msg)
 
-    def fire(self, key: tuple[str, str]) -> None:
-        deadline = self.timers.pop(key)
-        self.now = max(self.now, deadline)
-        ident, name = key
-        self._run(self.live[ident], TimerFired(now=self.now, name=name))
-
     def retry(self, txid: str) -> None:
         """The client, which never got an answer, sends ``txn.commit`` for ``txid`` again (``call_node``
         retries while the node is unreachable) and reaches the restarted coordinator, which knows nothing
         of it: a second coordinator core for the same transaction, at the same round (0, 0)."""
-        assert self.up and txid in self.started and txid not in self.cores, txid
+        assert self.up and txid in self.started and txid not in self.coordinators, txid
         self.stats["client retry"] += 1
         core = self.core_factory(
             txid, self.txns[txid].participants, quorum=self.quorum, vote_timeout_s=self.vote_timeout_s,

@@ -1,8 +1,9 @@
 """A deterministic simulator for Two-Phase Commit (``2pc`` and ``raft-2pc``), with its invariant checker.
 
-The simulator drives the sans-IO core ``TwoPhaseCoordinator`` exactly as the trio driver does
-(DESIGN.md section 4), with everything else replaced by deterministic models (the scheduler, shared
-with the Paxos Commit simulator, is ``SimWorld`` in ``tests/sim/base.py``):
+The simulator drives the sans-IO core ``TwoPhaseCoordinator`` with the node's own driver code
+(``commit.node.driver.CoreRun``: its effect table, its timers, its failure rule; DESIGN.md section 4), and
+carries the calls out with executors of its own, everything else being deterministic models (the
+scheduler, shared with the other simulators, is ``SimWorld`` in ``tests/sim/base.py``):
 
 * shards are ``ShardState`` objects: a Raft group modelled as one atomic durable state machine, which
   survives everything; the shard leader driver is stateless here (it applies a command and answers);
@@ -36,21 +37,15 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
+from commit.node.driver import CoreRun
 from commit.node.state_machines.coordinator_group import CoordinatorState
+from commit.protocols.events import Acked, Finished, Reply, SendDecision, SendPrepare, Start, Vote
 from commit.protocols.two_phase import (
-    Acked,
-    Effect,
-    Finished,
     PersistBegin,
     PersistDecision,
     Persisted,
     Recover,
-    Reply,
-    SendDecision,
-    SendPrepare,
-    Start,
     TwoPhaseCoordinator,
-    Vote,
 )
 from commit.node.state_machines.shard import ShardState
 from tests.sim.base import (
@@ -301,29 +296,35 @@ class World(SimWorld):
             vote_timeout_s=self.vote_timeout_s,
             resend_s=self.resend_s,
         )
-        self.cores[txid] = core
+        self.runs[txid] = CoreRun(txid, core)
         return core
 
-    def _carry_out(self, txid: str, effect: Effect) -> None:
-        match effect:
-            case PersistBegin() | PersistDecision():
-                self.persists.append((txid, effect))
-            case SendPrepare(participant=shard):
-                kind = "query" if txid in self.recovered else "prepare"
-                self.bag.append(Message(kind, txid, shard))
-            case SendDecision(participant=shard, outcome=outcome):
-                self.bag.append(Message("decision", txid, shard, outcome=outcome))
-            case Reply(outcome=outcome):
-                self._record(Replied(txid, outcome))
-            case Finished():
-                if self.protocol == "raft-2pc":
-                    self.group.apply(("finish", txid))
-                else:
-                    self.log_finished.add(txid)
-                self._forget(txid)
-                self.recovered.discard(txid)
-            case _:
-                super()._carry_out(txid, effect)
+    # -- its executors (commit.node.driver.EXECUTORS names them) -----------------------------
+
+    def persist_begin(self, run: CoreRun, effect: PersistBegin) -> None:
+        self.persists.append((run.txid, effect))
+
+    def persist_decision(self, run: CoreRun, effect: PersistDecision) -> None:
+        self.persists.append((run.txid, effect))
+
+    def send_prepare(self, run: CoreRun, effect: SendPrepare) -> None:
+        kind = "query" if run.txid in self.recovered else "prepare"
+        self.bag.append(Message(kind, run.txid, effect.participant))
+
+    def send_decision(self, run: CoreRun, effect: SendDecision) -> None:
+        self.bag.append(Message("decision", run.txid, effect.participant, outcome=effect.outcome))
+
+    def reply(self, run: CoreRun, effect: Reply) -> None:
+        self._record(Replied(run.txid, effect.outcome))
+
+    def finished(self, run: CoreRun, effect: Finished) -> None:
+        txid = run.txid
+        if self.protocol == "raft-2pc":
+            self.group.apply(("finish", txid))
+        else:
+            self.log_finished.add(txid)
+        self._forget(txid)
+        self.recovered.discard(txid)
 
     def _answer_status(self, txid: str) -> str | None:
         """The coordinator side's answer to an in-doubt shard (None: no answer)."""

@@ -16,11 +16,12 @@ Pure and deterministic, like every replicated state machine here.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
+from commit.config import Limits
 from commit.outcomes import ABORTED, COMMITTED, PENDING
+from consensus.bounded import BoundedTable
 from consensus.errors import InvalidRequest
 
 
@@ -32,11 +33,10 @@ class TxnRecord:
 
 
 class CoordinatorState:
-    def __init__(self, max_decided: int = 100_000) -> None:
+    def __init__(self, max_decided: int = Limits.max_remembered_transactions) -> None:
         self.epoch = 0
         self.txns: dict[str, TxnRecord] = {}
-        self.decided: OrderedDict[str, str] = OrderedDict()
-        self.max_decided = max_decided
+        self.decided: BoundedTable[str, str] = BoundedTable(max_decided)
 
     def outcome_of(self, txid: str) -> str | None:
         record = self.txns.get(txid)
@@ -81,7 +81,5 @@ class CoordinatorState:
         else:
             final = self.decided.get(txid, outcome)
         if txid not in self.decided:
-            self.decided[txid] = final
-            while len(self.decided) > self.max_decided:
-                self.decided.popitem(last=False)
+            self.decided.remember(txid, final)
         return final

@@ -48,13 +48,14 @@ participant that never joined a termination round may take.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from commit.config import Limits
 from commit.errors import Conflict
 from commit.outcomes import ABORTED, COMMITTED, PREPARED
 from commit.protocols.three_phase import COORDINATOR_ROUND, PREABORTED, PRECOMMITTED, WAITING, Round
+from consensus.bounded import BoundedTable
 from consensus.errors import InternalError, InvalidRequest
 
 
@@ -92,13 +93,12 @@ class Prepared:
 
 
 class ShardState:
-    def __init__(self, max_decided: int = 100_000) -> None:
+    def __init__(self, max_decided: int = Limits.max_remembered_transactions) -> None:
         self.cells: dict[bytes, Cell] = {}
         self.write_counter = 0
         self.locks: dict[bytes, Lock] = {}
         self.prepared: dict[str, Prepared] = {}
-        self.decided: OrderedDict[str, str] = OrderedDict()
-        self.max_decided = max_decided
+        self.decided: BoundedTable[str, str] = BoundedTable(max_decided)
         self.outcomes = {COMMITTED: 0, ABORTED: 0}
 
     # -- reads (local, after a read barrier) ---------------------------------------
@@ -223,10 +223,8 @@ class ShardState:
                 del self.locks[key]
 
     def _decide(self, txid: str, outcome: str) -> None:
-        self.decided[txid] = outcome
+        self.decided.remember(txid, outcome)
         self.outcomes[outcome] += 1
-        while len(self.decided) > self.max_decided:
-            self.decided.popitem(last=False)
 
     def _commit(self, txid: str) -> Any:
         prepared = self.prepared.pop(txid, None)

@@ -1,0 +1,257 @@
+"""A node's transaction manager for one protocol: which of its transactions run here, and what they became.
+
+It starts a core for a commit (``commit``), for a status question about a transaction nobody drives
+(``status``: Paxos Commit recovers it from the acceptors, raft-2pc resumes its begin record), for a
+transaction a crashed or replaced coordinator left behind (``resume``), and for a 3PC participant that
+terminates one (``terminate``); each runs under the one driver (``commit.node.driver.drive``) with this
+node's executors (``commit.node.executors``). Unsolicited messages for a running core, Paxos 2b
+bundles, arrive through ``deliver``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+
+from commit.node.decision_stores import DecisionStore
+from commit.node.driver import CoreRun, drive
+from commit.node.executors import NodeExecutors
+from commit.node.hooks import FaultHooks
+from commit.node.peers import Peers
+from commit.node.state_machines.coordinator_group import CoordinatorState
+from commit.node.tracing import Tracer
+from commit.outcomes import ABORTED, PENDING
+from commit.protocols import paxos_commit as pc
+from commit.protocols import three_phase as three
+from commit.protocols import two_phase as tp
+from commit.protocols.events import Start
+from commit.protocols.registry import CoreContext, ProtocolSpec
+from commit.status import participants_know
+from consensus.bounded import BoundedTable
+from consensus.errors import InvalidRequest
+from consensus.group import ReplicaGroup
+from consensus.paxos import Ballot
+
+log = logging.getLogger(__name__)
+
+class _Reply:
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.outcome: str | None = None
+        self.reason = ""
+
+
+class ActiveTxn(CoreRun):
+    """A run of a coordinator core on this node, with what the node's executors need of it."""
+
+    def __init__(self, txid: str, core: Any, payloads: dict[str, dict[str, Any]] | None, term: int) -> None:
+        super().__init__(txid, core)
+        self.started = trio.current_time()
+        self.reply = _Reply()
+        self.payloads = payloads  # the client's reads and writes per shard; None for a recovered transaction
+        self.hop = 1  # the client's commit request
+        self.why: dict[str, str] = {}  # participant -> why it voted no, in its own words
+        self.term = term  # Paxos Commit: the Raft term this node led in when the core started
+
+
+@dataclass(frozen=True)
+class PaxosSetup:
+    """What a Paxos Commit leader needs besides the common settings: its acceptors, its rank among them,
+    and this node's view of the coordinator group (current Raft term, and whether it leads)."""
+
+    acceptors: tuple[str, ...]
+    rank: int
+    term: Callable[[], int]
+    leading: Callable[[], bool]
+
+    def leads_in(self, term: int) -> bool:
+        """Whether this node still leads the coordinator group in ``term``: only then may it use ballots of it."""
+        return self.leading() and self.term() == term
+
+
+class TransactionManager:
+    """Runs the coordinator cores of one protocol on this node (``spec`` None: 3PC terminators only)."""
+
+    def __init__(
+        self,
+        spec: ProtocolSpec | None,
+        store: DecisionStore | None,
+        peers: Peers,
+        *,
+        node_id: str,
+        vote_timeout_s: float,
+        resend_s: float,
+        persist_timeout_s: float,
+        hooks: FaultHooks,
+        tracer: Tracer,
+        nursery: trio.Nursery,
+        max_remembered: int,
+        paxos: PaxosSetup | None = None,
+    ) -> None:
+        self.spec = spec
+        self.protocol = spec.name if spec is not None else "3pc-termination"  # labels: counters, traces
+        self.store = store
+        self.peers = peers
+        self.node_id = node_id
+        self.vote_timeout_s = vote_timeout_s
+        self.resend_s = resend_s
+        self.persist_timeout_s = persist_timeout_s
+        self.hooks = hooks
+        self.tracer = tracer
+        self.nursery = nursery
+        self.paxos = paxos
+        self.executors = NodeExecutors(self)
+        self.active: dict[str, ActiveTxn] = {}
+        self.outcomes: Counter[str] = Counter()
+        self.decided: BoundedTable[str, str] = BoundedTable(max_remembered)  # store-less protocols: a cache
+        self._ballot_counter = itertools.count(1)
+
+    def _ballots(self, term: int) -> Iterator[Ballot]:
+        """Ballots unique to this leader: (Raft term, rank, counter).
+
+        The term is the one this node leads in (one leader per term, and a node leads a term only once),
+        so no two leaders share a ballot, and a later leader's ballots are always higher. The executors
+        stop a core before it sends a ballot of a term this node no longer leads (``leads_in``).
+        """
+        assert self.paxos is not None
+        while True:
+            yield (term, self.paxos.rank, next(self._ballot_counter))
+
+    def _core(self, txid: str, participants: tuple[str, ...], term: int) -> Any:
+        assert self.spec is not None and self.spec.core is not None
+        return self.spec.core(CoreContext(
+            txid=txid, participants=participants, vote_timeout_s=self.vote_timeout_s, resend_s=self.resend_s,
+            acceptors=self.paxos.acceptors if self.paxos is not None else (),
+            ballots=self._ballots(term) if self.paxos is not None else None,
+        ))
+
+    async def commit(self, txid: str, payloads: dict[str, dict[str, Any]]) -> tuple[str | None, str]:
+        """Run the protocol for txid; returns ``(outcome, reason)`` once the outcome is durable.
+
+        The outcome is None when this coordinator stopped before deciding (a store write that did not
+        become durable in time, a transaction handed over to a later leader, a core's protocol error):
+        it may still commit.
+        """
+        active = self.active.get(txid)
+        if active is None:
+            known = self.decided.get(txid)
+            if known is not None:
+                return known, ""
+            if txid in getattr(self.store, "presumed_aborted", ()):
+                return ABORTED, "the coordinator already presumed this transaction aborted"
+            active = self._launch(txid, tuple(sorted(payloads)), payloads, None)
+        await active.reply.done.wait()
+        return active.reply.outcome, active.reply.reason
+
+    async def status(self, txid: str, participants: tuple[str, ...] = ()) -> str:
+        """What this coordinator knows of txid; ``participants`` are txid's own (the caller checked them)."""
+        active = self.active.get(txid)
+        if self.store is not None:
+            outcome = await self.store.status(txid, active=active is not None and active.reply.outcome is None)
+            recorded = self.store.recorded_participants(txid) if outcome == PENDING and active is None else None
+            if recorded is not None:
+                self.resume(txid, recorded, None)  # a begin record nobody drives (its coordinator stopped)
+            return outcome
+        if active is not None:
+            return active.reply.outcome or PENDING
+        known = self.decided.get(txid)
+        if known is not None or not participants:
+            return known or PENDING  # without the participants there is no instance to recover
+        if self.spec is not None and self.spec.participants_terminate:
+            return await participants_know(self.peers.db, txid, participants, self.vote_timeout_s)
+        active = self._launch(txid, participants, None, pc.Recover(now=trio.current_time()))
+        with trio.move_on_after(self.persist_timeout_s):
+            await active.reply.done.wait()
+        return active.reply.outcome or PENDING
+
+    def terminate(self, txid: str, participants: tuple[str, ...], round_: three.Round, quorum: bool) -> bool:
+        """Run Skeen's termination protocol for txid at ``round_``, unless a terminator already runs here."""
+        if txid in self.active:
+            return False
+        core = three.Terminator(txid, participants, round_, quorum, self.vote_timeout_s)
+        self._start(ActiveTxn(txid, core, None, 0), Start(now=trio.current_time()))
+        return True
+
+    def resume(self, txid: str, participants: tuple[str, ...], outcome: str | None) -> None:
+        """Finish a transaction this node found unfinished in durable state (after a crash or failover)."""
+        if txid not in self.active:
+            self._launch(txid, participants, None, tp.Recover(now=trio.current_time(), outcome=outcome))
+
+    def deliver(self, txid: str, event: pc.Phase2b, hop: int, reasons: dict[str, str]) -> None:
+        """A Paxos 2b bundle for txid, with the NO voters' reasons it carried; dropped if no core runs it here.
+
+        InvalidRequest (to its sender) if it names a shard that is not a participant or comes from no
+        acceptor of ours: a well-formed but wrong message must not reach the core, whose ProtocolError
+        would end the transaction.
+        """
+        active = self.active.get(txid)
+        if active is None:
+            return
+        stray = sorted(set(event.values) - set(active.core.participants))
+        if stray:
+            raise InvalidRequest(f"{txid}: a 2b for {', '.join(stray)}, which are not its participants")
+        if self.paxos is not None and event.acceptor not in self.paxos.acceptors:
+            raise InvalidRequest(f"{txid}: a 2b from {event.acceptor!r}, which is not an acceptor")
+        active.hop = max(active.hop, hop)
+        active.why.update(reasons)
+        active.feed(event)
+
+    def replied(self, run: ActiveTxn, outcome: str, reason: str) -> None:
+        """The core decided (the executors carried out its Reply): tell whoever waits, and remember it."""
+        if self.store is None:
+            self.decided.remember(run.txid, outcome)
+        run.reply.outcome = outcome
+        run.reply.reason = reason
+        self.outcomes[outcome] += 1
+        run.reply.done.set()
+
+    def _launch(self, txid: str, participants: tuple[str, ...], payloads: dict[str, dict[str, Any]] | None,
+                first: Any) -> ActiveTxn:
+        term = self.paxos.term() if self.paxos is not None else 0
+        active = ActiveTxn(txid, self._core(txid, participants, term), payloads, term)
+        return self._start(active, first or Start(now=trio.current_time()))
+
+    def _start(self, active: ActiveTxn, first: Any) -> ActiveTxn:
+        self.active[active.txid] = active
+        self.nursery.start_soon(self._drive, active, first)
+        return active
+
+    async def _drive(self, active: ActiveTxn, first: Any) -> None:
+        try:
+            stopped = await drive(active, self.executors, first)
+            if stopped is not None and not active.reply.done.is_set():
+                active.reply.reason = f"the coordinator stopped before deciding: {stopped}"
+        finally:
+            if not active.reply.done.is_set():
+                active.reply.reason = active.reply.reason or "the coordinator stopped before deciding"
+                active.reply.done.set()
+            self.active.pop(active.txid, None)
+
+    def in_doubt(self, now: float) -> list[dict[str, Any]]:
+        return [
+            {
+                "txid": txid,
+                "protocol": self.protocol,
+                "participants": ",".join(a.core.participants),
+                "state": f"coordinator:{a.core.state}",
+                "age_s": round(now - a.started, 3),
+            }
+            for txid, a in self.active.items()
+        ]
+
+
+async def recover_in_flight(manager: TransactionManager, group: ReplicaGroup) -> int:
+    """On becoming coordinator-group leader: resume every transaction the old leader left unfinished."""
+    await group.read_barrier()
+    machine = group.machine
+    assert isinstance(machine, CoordinatorState)
+    records = machine.in_flight()
+    for txid, record in records:
+        manager.resume(txid, record.participants, record.outcome)
+    return len(records)
