@@ -23,178 +23,78 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
-import os
-import shutil
-import signal
-import subprocess
 import sys
-import time
-from pathlib import Path
-from typing import Any
 
 import trio
 
+from commit.config import ClusterConfig, ConfigError, load_config
+from commit.node.main import run_node_process
 from commit.tooling.admin import (
     COUNTER_COLUMNS,
     IN_DOUBT_COLUMNS,
     STATUS_COLUMNS,
     TXN_COLUMNS,
     cluster_report,
-    transaction_trace,
     leaderless_groups,
     node_call,
+    transaction_trace,
     wait_for_leaders,
 )
-from commit.config import ClusterConfig, ConfigError, load_config
-from commit.tooling.fault_requests import link_requests
-from commit.tooling.localcluster import spawn_node
-from commit.node.serve import serve_node
+from commit.tooling.fault_requests import operator_requests, send_fault_requests
+from commit.tooling.supervise import (
+    ENDPOINT_COLUMNS,
+    endpoint_rows,
+    running_nodes,
+    start_nodes,
+    stop_detached,
+    stop_processes,
+    watch,
+)
 from commit.tooling.tables import format_table
 from commit.tooling.traces import sequence_diagram, summarize
-from consensus.errors import ClusterError
-
-STOP_GRACE_S = 10.0
-
-
-def _pid_file(config: ClusterConfig, node_id: str) -> Path:
-    return config.node_dir(node_id) / "node.pid"
-
-
-def _log_file(config: ClusterConfig, node_id: str) -> Path:
-    return config.node_dir(node_id) / "node.log"
-
-
-def _configure_logging(config: ClusterConfig, node_id: str) -> None:
-    handler = logging.FileHandler(_log_file(config, node_id))
-    handler.setFormatter(logging.Formatter(f"%(asctime)s {node_id} %(levelname)s %(name)s: %(message)s"))
-    logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
-
-
-async def _run_until_signalled(config: ClusterConfig, node_id: str) -> None:
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(serve_node, config, node_id)
-            async for signum in signals:
-                logging.getLogger("node").info("signal %d: stopping", signum)
-                nursery.cancel_scope.cancel()
-                break
 
 
 def cmd_start(config: ClusterConfig, args: argparse.Namespace) -> int:
-    config.node(args.node_id)
-    config.node_dir(args.node_id).mkdir(parents=True, exist_ok=True)
-    _configure_logging(config, args.node_id)
-    pid_file = _pid_file(config, args.node_id)
-    pid_file.write_text(str(os.getpid()))
-    # Outside the trio signal receiver the node ignores these: a Ctrl-C in a terminal sends SIGINT to
-    # every node and `up` then sends SIGTERM, and trio redelivers signals still pending when its
-    # receiver closes, which with default handlers would kill the node half-way through shutdown.
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, signal.SIG_IGN)
-    try:
-        trio.run(_run_until_signalled, config, args.node_id)
-    finally:
-        pid_file.unlink(missing_ok=True)
-        logging.getLogger("node").info("stopped")
-    return 0
+    return run_node_process(config, args.node_id)
 
 
-def _stop(procs: dict[str, subprocess.Popen[bytes]]) -> None:
-    for proc in procs.values():
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + STOP_GRACE_S
-    for node_id, proc in procs.items():
-        try:
-            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            print(f"{node_id} did not stop in {STOP_GRACE_S}s; killing it", file=sys.stderr)
-            proc.kill()
-            proc.wait()
+def _say(line: str) -> None:
+    print(line, flush=True)
 
 
-def _endpoint_rows(config: ClusterConfig, rows: list[dict[str, Any]], procs: dict[str, subprocess.Popen[bytes]]) -> list[dict[str, Any]]:
-    leads: dict[str, list[str]] = {}
-    for row in rows:
-        if row.get("role") == "leader":
-            leads.setdefault(row["node"], []).append(row["group"])
-    return [
-        {
-            "node": n.id,
-            "rpc": f"{n.host}:{n.rpc_port}",
-            "raft_ports": f"{n.raft_port}-{n.raft_port + len(config.groups()) - 1}",
-            "pid": procs[n.id].pid,
-            "leads": ",".join(leads.get(n.id, [])) or None,
-            "log": str(_log_file(config, n.id)),
-        }
-        for n in config.nodes
-    ]
+def _warn(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
 
 def cmd_up(config: ClusterConfig, args: argparse.Namespace) -> int:
-    running = [n.id for n in config.nodes if _running_pid(config, n.id) is not None]
+    running = running_nodes(config)
     if running:
-        print(f"already running: {', '.join(running)} (use 'python node.py down' first)", file=sys.stderr)
+        _warn(f"already running: {', '.join(running)} (use 'python node.py down' first)")
         return 1
-    procs = {n.id: spawn_node(config, n.id, detach=args.detach) for n in config.nodes}
-    print(f"started {len(procs)} nodes from {config.path}; data in {config.data_dir}", flush=True)
+    procs = start_nodes(config, detach=args.detach)
+    _say(f"started {len(procs)} nodes from {config.path}; data in {config.data_dir}")
     try:
-        rows = trio.run(wait_for_leaders, config, lambda line: print(line, flush=True))
-        print(format_table(_endpoint_rows(config, rows, procs), ("node", "rpc", "raft_ports", "pid", "leads", "log")))
+        rows = trio.run(wait_for_leaders, config, _say)
+        _say(format_table(endpoint_rows(config, rows, procs), ENDPOINT_COLUMNS))
         if args.detach:
-            print("running in the background; stop with: python node.py down", flush=True)
+            _say("running in the background; stop with: python node.py down")
             return 0
-        print("cluster ready; Ctrl-C stops every node", flush=True)
-        _watch(procs)
+        _say("cluster ready; Ctrl-C stops every node")
+        watch(procs, _say)
     except trio.TooSlowError:
-        print(f"no leader for every group within {config.timeouts.startup_s}s; see the node logs", file=sys.stderr)
-        _stop(procs)
+        _warn(f"no leader for every group within {config.timeouts.startup_s}s; see the node logs")
+        stop_processes(config, procs, _warn)
         return 1
     except KeyboardInterrupt:
-        print("stopping...", flush=True)
-    _stop(procs)
-    print("all nodes stopped", flush=True)
+        _say("stopping...")
+    stop_processes(config, procs, _warn)
+    _say("all nodes stopped")
     return 0
 
 
-def _watch(procs: dict[str, subprocess.Popen[bytes]]) -> None:
-    """Report nodes that exit on their own; return once every node has exited."""
-    reported: set[str] = set()
-    while len(reported) < len(procs):
-        for node_id, proc in procs.items():
-            if node_id not in reported and proc.poll() is not None:
-                print(f"{node_id} exited with code {proc.returncode}", flush=True)
-                reported.add(node_id)
-        time.sleep(0.2)
-
-
-def _running_pid(config: ClusterConfig, node_id: str) -> int | None:
-    try:
-        pid = int(_pid_file(config, node_id).read_text())
-        os.kill(pid, 0)
-        return pid
-    except (OSError, ValueError):
-        return None
-
-
 def cmd_down(config: ClusterConfig, args: argparse.Namespace) -> int:
-    pids = {n.id: pid for n in config.nodes if (pid := _running_pid(config, n.id)) is not None}
-    for pid in pids.values():
-        os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + STOP_GRACE_S
-    for node_id, pid in pids.items():
-        while _running_pid(config, node_id) == pid and time.monotonic() < deadline:
-            time.sleep(0.1)
-        if _running_pid(config, node_id) == pid:
-            print(f"{node_id} (pid {pid}) did not stop in {STOP_GRACE_S}s; killing it", file=sys.stderr)
-            os.kill(pid, signal.SIGKILL)
-        print(f"stopped {node_id} (pid {pid})")
-    if not pids:
-        print("no running nodes found")
-    if args.clean and config.data_dir.exists():
-        shutil.rmtree(config.data_dir)
-        print(f"removed {config.data_dir}")
+    if not stop_detached(config, _say, clean=args.clean):
+        _say("no running nodes found")
     return 0
 
 
@@ -249,44 +149,15 @@ def cmd_compact(config: ClusterConfig, args: argparse.Namespace) -> int:
 FAULT_COLUMNS = ("node", "cut", "dropped", "lost", "error")
 
 
-def _fault_requests(config: ClusterConfig, args: argparse.Namespace) -> list[tuple[str, dict[str, Any]]]:
-    node_ids = [n.id for n in config.nodes]
-    if args.op == "cut":
-        return link_requests("cut", args.a, args.b, node_ids)
-    if args.op == "heal":
-        if len(args.nodes) > 2:
-            raise ValueError("heal takes no node, one node, or two nodes")
-        a, b = (args.nodes + [None, None])[:2]
-        return link_requests("heal", a, b, node_ids)
-    if args.op == "drop":
-        return [(args.node, {"op": "drop", "method": args.method})]
-    if args.op == "undrop":
-        params: dict[str, Any] = {"op": "undrop"}
-        if args.method is not None:
-            params["method"] = args.method
-        return [(args.node, params)]
-    return [(n, {"op": "list"}) for n in node_ids]
-
-
 def cmd_fault(config: ClusterConfig, args: argparse.Namespace) -> int:
     try:
-        requests = _fault_requests(config, args)
+        requests = operator_requests(args.op, [n.id for n in config.nodes], args.nodes, args.method)
     except ValueError as exc:
-        print(f"fault {args.op}: {exc}", file=sys.stderr)
+        _warn(f"fault {args.op}: {exc}")
         return 2
     for node_id, _ in requests:
         config.node(node_id)  # an unknown node is a ConfigError naming the known ones
-    results: dict[str, dict[str, Any]] = {}
-
-    async def send_all() -> None:
-        for node_id, params in requests:
-            try:
-                results[node_id] = (await node_call(config, node_id, "test.fault", params))["faults"]
-            except (ClusterError, trio.TooSlowError) as exc:
-                results[node_id] = {"node": node_id, "error": str(exc) or type(exc).__name__}
-
-    trio.run(send_all)
-    rows = [results[n.id] for n in config.nodes if n.id in results]
+    rows = trio.run(send_fault_requests, config, requests)
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
@@ -322,20 +193,19 @@ def build_parser() -> argparse.ArgumentParser:
     compact.set_defaults(func=cmd_compact)
     fault = sub.add_parser("fault", parents=[common],
                            help="cut/heal RPC links, drop/undrop RPC methods (needs transactions.fault_hooks)")
-    fault.set_defaults(func=cmd_fault)
+    fault.set_defaults(func=cmd_fault, nodes=[], method=None)
     output = argparse.ArgumentParser(add_help=False, parents=[common])
     output.add_argument("--json", action="store_true")
     ops = fault.add_subparsers(dest="op", required=True)
     cut = ops.add_parser("cut", parents=[output], help="lose the RPC messages between A and B, both ways")
-    cut.add_argument("a", metavar="A")
-    cut.add_argument("b", metavar="B")
+    cut.add_argument("nodes", nargs=2, metavar="NODE")
     heal = ops.add_parser("heal", parents=[output], help="restore the A-B link, every link of A, or every link")
     heal.add_argument("nodes", nargs="*", metavar="NODE")
     drop = ops.add_parser("drop", parents=[output], help="NODE loses every call of METHOD it sends")
-    drop.add_argument("node", metavar="NODE")
+    drop.add_argument("nodes", nargs=1, metavar="NODE")
     drop.add_argument("method", metavar="METHOD")
     undrop = ops.add_parser("undrop", parents=[output], help="NODE sends METHOD (or every dropped method) again")
-    undrop.add_argument("node", metavar="NODE")
+    undrop.add_argument("nodes", nargs=1, metavar="NODE")
     undrop.add_argument("method", nargs="?", metavar="METHOD")
     ops.add_parser("list", parents=[output], help="each node's cut links, dropped methods, lost messages")
     return parser

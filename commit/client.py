@@ -7,7 +7,7 @@ dicts of those; tuples come back as lists.
 Each call is routed to the leader of the key's shard. The client keeps one
 pipelined connection per node, remembers which node leads each group,
 follows ``not_leader`` redirects, and rides through leader changes by
-retrying with backoff until ``timeouts.client_deadline_s``. A write carries
+retrying with backoff until ``timeouts.client_deadline_s`` (``commit.retry``). A write carries
 ``(session, seq)``, the same on every retry, so a retry after a timeout or a
 lost connection is applied at most once. When the deadline passes, the error
 raised says whether the write may have been applied (``maybe_applied``).
@@ -22,7 +22,6 @@ in hand under it only if no earlier attempt of it can have been applied.
 
 from __future__ import annotations
 
-import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -35,6 +34,7 @@ import trio
 from commit.config import COORDINATOR_GROUP, ClusterConfig, load_config, shard_group
 from commit.routing import Key, key_bytes, shard_of
 from commit.errors import Conflict
+from commit.retry import RetryPolicy
 from commit.status import status as status_of
 from commit.transaction import Transaction, run as run_transaction
 from commit.txids import check_txid
@@ -200,10 +200,6 @@ class Database:
             return members[0]
         return members[(members.index(failed) + 1) % len(members)]
 
-    async def _backoff(self, attempt: int) -> None:
-        t = self.config.timeouts
-        await trio.sleep(random.uniform(0, min(t.backoff_max_s, t.backoff_initial_s * 2**attempt)))
-
     async def call_group(self, group: str, method: str, params: dict[str, Any]) -> dict[str, Any]:
         """An idempotent request to ``group``'s leader, retried through redirects and failures."""
         return await self._request(group, method, params, write=False)
@@ -243,28 +239,20 @@ class Database:
         self, group: str | None, method: str, params: dict[str, Any], session: _Session | None = None,
         pinned: str | None = None, resend: bool = True,
     ) -> dict[str, Any]:
-        """Send until answered or ``timeouts.client_deadline_s``; a write under ``session`` gets its seq here."""
+        """Send until answered, under ``commit.retry``'s policy; a write under ``session`` gets its seq here."""
         timeouts = self.config.timeouts
-        deadline = trio.current_time() + timeouts.client_deadline_s
         target = f"node {pinned}" if pinned is not None else group
+        policy = RetryPolicy.starting_now(f"{method} on {target}", timeouts)
         node = pinned or self._leaders.get(group or "") or self._members[group or ""][0]
-        maybe_applied = False
-        last_error: ClusterError | None = None
-        failures = 0
         seq = session.allocate() if session is not None else 0
         try:
             while True:
-                now = trio.current_time()
-                remaining = deadline - now
-                if remaining <= 0:
-                    message = f"{method} on {target} gave up after {timeouts.client_deadline_s}s: {last_error}"
-                    if maybe_applied:
-                        raise Timeout(message, maybe_applied=True)
-                    raise Unavailable(message)
+                remaining = policy.start_attempt()
                 self._stats.attempts += 1
                 if session is not None:
                     params["session"] = [session.id, seq, session.low_water()]
-                caller_left = max(0.0, trio.current_effective_deadline() - now)
+                caller_left = max(0.0, trio.current_effective_deadline() - trio.current_time())
+                error: ClusterError
                 try:
                     with trio.fail_after(min(timeouts.client_attempt_s, remaining, caller_left * ATTEMPT_SHARE)):
                         lost = self.lose(node, method) if self.lose is not None else None
@@ -277,39 +265,34 @@ class Database:
                     return reply
                 except NotLeader as exc:
                     self._stats.redirects += 1
-                    last_error = exc
                     if pinned is None and exc.leader is not None and exc.leader != node:
                         node = exc.leader
+                        await policy.on_error(exc, backoff=False)
                         continue
-                    node = self._fallback(group, node, pinned)
+                    error, node = exc, self._fallback(group, node, pinned)
                 except Conflict as exc:
-                    if not (session is not None and exc.retryable):
-                        raise
-                    last_error = exc  # a single-key write waits out a prepared transaction's lock
-                except SessionExpired as exc:
-                    if session is None or group is None or maybe_applied:
+                    if session is None:
+                        raise  # a transaction's conflict is the transaction's to retry (commit.transaction)
+                    error = exc  # a single-key write waits out a prepared transaction's lock
+                except SessionExpired:
+                    if session is None or group is None or policy.maybe_applied:
                         raise  # an earlier attempt may have been applied under the forgotten session
                     # Refused before it was applied, and no earlier attempt can have been: send it again,
                     # under a new session.
-                    last_error = exc
                     session.outstanding.discard(seq)
                     session = await self._session(group, session)
                     seq = session.allocate()
                     continue
                 except (Unavailable, Timeout) as exc:
-                    last_error = exc
-                    maybe_applied |= exc.maybe_applied
-                    node = self._fallback(group, node, pinned)
+                    error, node = exc, self._fallback(group, node, pinned)
                 except trio.TooSlowError:
-                    last_error = Timeout(f"no answer from {node} within the attempt timeout")
-                    maybe_applied = True
+                    error = Timeout(f"no answer from {node} within the attempt timeout", maybe_applied=True)
                     node = self._fallback(group, node, pinned)
-                if maybe_applied and not resend:
-                    raise Timeout(f"{method} on {target} may have been applied; not sent again: {last_error}",
+                if error.maybe_applied and not resend:
+                    raise Timeout(f"{method} on {target} may have been applied; not sent again: {error}",
                                   maybe_applied=True)
                 self._stats.retries += 1
-                await self._backoff(failures)
-                failures += 1
+                await policy.on_error(error)
         finally:
             if session is not None:
                 session.outstanding.discard(seq)

@@ -61,7 +61,9 @@ class Timeouts:
     handshake_s: float = 5.0
     backoff_initial_s: float = 0.02
     backoff_max_s: float = 0.5
+    status_poll_s: float = 0.2  # db.run asks this often for the outcome of a commit that may have happened
     startup_s: float = 30.0
+    stop_grace_s: float = 10.0  # node.py up/down: a node that has not stopped this long after SIGTERM is killed
 
 
 
@@ -126,6 +128,13 @@ class ClusterConfig:
 
     def node_dir(self, node_id: str) -> Path:
         return self.data_dir / node_id
+
+    def node_log(self, node_id: str) -> Path:
+        return self.node_dir(node_id) / "node.log"
+
+    def node_pid_file(self, node_id: str) -> Path:
+        """Holds the node's process id while it runs (``node.py start``), for ``node.py down``."""
+        return self.node_dir(node_id) / "node.pid"
 
     def group_specs(self, node_id: str) -> list[GroupSpec]:
         """The replicas ``node_id`` hosts, ready for ``consensus.group``."""

@@ -32,16 +32,16 @@ never committed twice.
 from __future__ import annotations
 
 import functools
-import random
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
 import trio
 
 from commit.config import COORDINATOR_GROUP, shard_group
-from commit.outcomes import ABORTED, COMMITTED
+from commit.outcomes import ABORTED, COMMITTED, PENDING
 from commit.errors import CommitUnknown, Conflict
 from commit.protocols.registry import PROTOCOLS, Coordinator
+from commit.retry import RetryPolicy
 from commit.routing import Key, key_bytes, shard_of
 from commit.txids import new_txid
 from commit.values import Versioned, unpack_value
@@ -52,9 +52,6 @@ if TYPE_CHECKING:
 
 P = ParamSpec("P")
 R = TypeVar("R")
-
-STATUS_POLL_S = 0.2
-
 
 class Transaction:
     def __init__(self, db: Database, protocol: str | None = None) -> None:
@@ -159,48 +156,60 @@ class Transaction:
 
 
 async def _outcome(db: Database, txid: str, participants: tuple[str, ...], deadline: float) -> str:
-    """Ask for txid's outcome until it is decided or the deadline passes."""
-    while True:
-        try:
-            outcome = await db.status(txid, participants)
-            if outcome in (COMMITTED, ABORTED):
-                return outcome
-        except (Unavailable, Timeout):
-            pass
-        if trio.current_time() + STATUS_POLL_S > deadline:
-            return "pending"
-        await trio.sleep(STATUS_POLL_S)
+    """Ask for txid's outcome until it is decided or the deadline passes (then ``pending``)."""
+    poll_s = db.config.timeouts.status_poll_s
+    with trio.move_on_at(deadline):
+        while True:
+            try:
+                outcome = await db.status(txid, participants)
+                if outcome in (COMMITTED, ABORTED):
+                    return outcome
+            except (Unavailable, Timeout):
+                pass
+            await trio.sleep(poll_s)
+    return PENDING
 
 
 async def run(db: Database, fn: Callable[..., Awaitable[R]], *args: Any, protocol: str | None = None) -> R:
-    """Run ``fn(tx, *args)`` in a transaction and commit it, retrying on conflict."""
-    settings = db.config.transactions
-    timeouts = db.config.timeouts
-    deadline = trio.current_time() + timeouts.client_deadline_s
-    last: ClusterError | None = None
-    for attempt in range(settings.retry_limit):
+    """Run ``fn(tx, *args)`` in a transaction and commit it, retrying under ``commit.retry``'s policy.
+
+    Each attempt is a new ``Transaction``, so a new txid. Only an attempt whose commit said
+    ``CommitUnknown`` is asked about, by its own txid and participants, and at least for
+    ``timeouts.client_attempt_s`` even when the deadline is nearer: committed, the body's result is
+    returned; aborted, it is retried; still pending, the ``CommitUnknown`` is raised (nothing else can
+    say which it was). Any other failure of an attempt committed nothing.
+    """
+    policy = RetryPolicy.starting_now("transaction", db.config.timeouts,
+                                      max_attempts=db.config.transactions.retry_limit)
+    while True:
+        policy.start_attempt()
         tx = Transaction(db, protocol)
         try:
             result = await fn(tx, *args)
-            try:
-                await tx.commit()
-                return result
-            except CommitUnknown as exc:  # only the commit's own uncertainty is settled by asking
-                outcome = await _outcome(db, exc.txid, exc.participants, deadline)
-                if outcome == COMMITTED:
-                    return result
-                if outcome != ABORTED:
-                    raise
-                last = exc
-        except Conflict as exc:
-            last = exc
-        except (Unavailable, Timeout) as exc:
-            last = exc
-        if trio.current_time() >= deadline:
-            break
-        backoff = min(timeouts.backoff_max_s, timeouts.backoff_initial_s * 2**attempt)
-        await trio.sleep(random.uniform(0, backoff))
-    raise Timeout(f"transaction gave up after {attempt + 1} attempts: {last}", maybe_applied=False)
+        except (Conflict, Unavailable, Timeout) as exc:
+            await policy.on_error(exc, may_have_applied=False)
+            continue
+        failure = await _commit_settled(db, tx, policy.deadline)
+        if failure is None:
+            return result
+        await policy.on_error(failure, may_have_applied=False)
+
+
+async def _commit_settled(db: Database, tx: Transaction, deadline: float) -> ClusterError | None:
+    """Commit ``tx``: None once committed, or why it did not (nothing committed); raises what is unsettled."""
+    try:
+        await tx.commit()
+        return None
+    except (Conflict, Unavailable, Timeout) as exc:
+        return exc
+    except CommitUnknown as exc:
+        asking_until = max(deadline, trio.current_time() + db.config.timeouts.client_attempt_s)
+        outcome = await _outcome(db, exc.txid, exc.participants, asking_until)
+        if outcome == COMMITTED:
+            return None
+        if outcome == ABORTED:
+            return Conflict(f"{exc.txid} was aborted (asked after: {exc.message})", txid=exc.txid)
+        raise
 
 
 def transactional(

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 
+import pytest
+
+from commit.config import Limits, Timeouts, Transactions
 from commit.protocols import two_phase
+from consensus.settings import RaftSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -24,3 +29,12 @@ def test_protocols_doc_shows_the_core_transitions() -> None:
 def test_every_state_in_the_transitions_block_is_in_the_table() -> None:
     states = {line.split()[0] for line in _transition_lines(two_phase.__doc__ or "")}
     assert states <= set(two_phase.TRANSITIONS)
+
+
+@pytest.mark.parametrize("section", [Limits, Timeouts, RaftSettings, Transactions])
+def test_every_setting_is_documented_in_operations(section: type) -> None:
+    text = (ROOT / "docs" / "OPERATIONS.md").read_text()
+    name = {Limits: "limits", Timeouts: "timeouts", RaftSettings: "raft", Transactions: "transactions"}[section]
+    undocumented = [f.name for f in dataclasses.fields(section)
+                    if f"`{name}.{f.name}`" not in text and f"`{f.name}`" not in text]
+    assert not undocumented, f"[{name}] keys missing from docs/OPERATIONS.md: {undocumented}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import re
 import subprocess
 import sys
@@ -34,3 +35,51 @@ def test_client_import_loads_no_node_side_or_tooling_module() -> None:
             "'pysyncobj', 'commit.node', 'commit.tooling', 'consensus.group', 'consensus.durability'))))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout
+
+
+# Which packages a module of each layer must not import (docs/ARCHITECTURE.md, "Layers and arrows").
+FORBIDDEN = {
+    "consensus": ("commit", "bench", "node"),
+    "commit.protocols": ("commit.node", "commit.tooling", "commit.client", "commit.transaction", "bench", "node"),
+    "commit": ("commit.node", "commit.tooling", "bench", "node"),
+    "commit.node": ("commit.tooling", "bench", "node"),
+    "commit.tooling": ("commit.node", "bench", "node"),
+    "bench": ("commit.node", "node"),
+}
+
+
+def _layer(module: str) -> str:
+    return max((layer for layer in FORBIDDEN if module == layer or module.startswith(layer + ".")), key=len)
+
+
+def _imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module)
+    return names
+
+
+def _is_under(name: str, package: str) -> bool:
+    return name == package or name.startswith(package + ".")
+
+
+def test_imports_point_down_the_layers() -> None:
+    wrong = []
+    for folder in ("consensus", "commit", "bench"):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            module = ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+            layer = _layer(module)
+            for name in _imports(path):
+                if any(_is_under(name, banned) for banned in FORBIDDEN[layer]):
+                    wrong.append(f"{module} imports {name}")
+    assert not wrong, wrong
+
+
+def test_the_layer_check_catches_an_upward_import(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.py"
+    bad.write_text("from commit.node.serve import serve_node\n")
+    assert any(_is_under(name, "commit.node") for name in _imports(bad))

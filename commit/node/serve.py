@@ -24,7 +24,7 @@ from commit.config import COORDINATOR_GROUP, ClusterConfig, Limits
 from commit.node.decision_log import DecisionLog
 from commit.node.decision_stores import LocalLogStore, RaftStore
 from commit.node.faults import LinkFaults
-from commit.node.handlers import NodeService
+from commit.node.handlers import NodeParts, node_routes
 from commit.node.hooks import FaultHooks
 from commit.node.paxos_roles import PaxosNode
 from commit.node.peers import Peers
@@ -70,7 +70,7 @@ async def serve_node(
     config: ClusterConfig,
     node_id: str,
     *,
-    task_status: trio.TaskStatus[NodeService] = trio.TASK_STATUS_IGNORED,
+    task_status: trio.TaskStatus[NodeParts] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run node ``node_id`` until cancelled; the replicas stop cleanly on the way out."""
     node = config.node(node_id)
@@ -134,11 +134,10 @@ async def serve_node(
             nursery.start_soon(resolver.run)
             paxos_node = PaxosNode(node_id, acceptor, acceptors, peers, tracer, shards,
                                    txn.vote_timeout_s, nursery, config.limits.max_pending_bundles)
-            service = NodeService(config, node_id, groups, managers, resolver, silence, hooks, faults, paxos_node,
-                                  tracer)
+            parts = NodeParts(config, node_id, groups, managers, resolver, silence, hooks, faults, paxos_node, tracer)
             await nursery.start(
                 partial(
-                    serve_rpc, service.router(), node_id=node_id, host=node.host,
+                    serve_rpc, node_routes(parts), node_id=node_id, host=node.host,
                     port=node.rpc_port, settings=config.rpc_settings(),
                 )
             )
@@ -146,4 +145,4 @@ async def serve_node(
                 "node %s serving RPC on %s:%d, groups %s, coordinating %s",
                 node_id, node.host, node.rpc_port, ", ".join(groups), ", ".join(managers) or "nothing",
             )
-            task_status.started(service)
+            task_status.started(parts)

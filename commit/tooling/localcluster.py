@@ -41,9 +41,8 @@ ROOT = Path(__file__).resolve().parents[2]  # the checkout: node.py lives there
 
 def spawn_node(config: ClusterConfig, node_id: str, *, detach: bool = False) -> subprocess.Popen[bytes]:
     """Start ``node.py start NODE_ID``; its stdout and stderr go to its node.log."""
-    node_dir = config.node_dir(node_id)
-    node_dir.mkdir(parents=True, exist_ok=True)
-    with open(node_dir / "node.log", "ab") as log:
+    config.node_dir(node_id).mkdir(parents=True, exist_ok=True)
+    with open(config.node_log(node_id), "ab") as log:
         return subprocess.Popen(
             [sys.executable, str(ROOT / "node.py"), "--config", str(config.path), "start", node_id],
             cwd=ROOT, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=detach,

@@ -9,7 +9,7 @@ everything else replaced by deterministic models. It runs on the scheduler of ``
   everything). On PREPARE a shard applies ``prepare`` and sends its vote as phase 2a at ballot 0
   ("prepared" or "aborted") for instance ``(txid, shard)`` to every acceptor, one message each. A
   repeated PREPARE re-applies ``prepare``: the same 2a again while the txid is prepared there, no 2a
-  once it is decided there (``("decided", outcome)``, as ``commit/node/handlers.py`` does);
+  once it is decided there (``("decided", outcome)``, as ``commit/node/handlers/participants.py`` does);
 * three acceptors (F = 1), each an ``AcceptorState`` that is durable, with the node's own bundling of
   ballot-0 2b messages (``AcceptorBundles``; the shards learn with the node's ``FastLearner``): an
   acceptor crash is the acceptor being down (messages to it are lost, it sends nothing) and later up

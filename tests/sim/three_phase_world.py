@@ -410,7 +410,7 @@ class ThreePhaseWorld(SimWorld):
         elif self.terminators.get((inst.node, inst.txid)) is inst:
             del self.terminators[(inst.node, inst.txid)]
 
-    # -- the shard leader driver (commit/node/handlers.py) ------------------------------------------
+    # -- the shard leader driver (commit/node/handlers/participants.py) ------------------------------------------
 
     def _shard_receives(self, msg: Message) -> None:
         shard, txid = msg.shard, msg.txid

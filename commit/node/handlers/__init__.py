@@ -1,0 +1,37 @@
+"""The RPC methods a node serves, one module per concern.
+
+    kv            kv.get, kv.put, kv.delete, session.open
+    transactions  txn.commit, txn.commit_one, txn.status
+    participants  shard.prepare, shard.query, shard.decide, shard.inspect, 3pc.join, 3pc.move
+    paxos         paxos.phase2a, paxos.phase2b, paxos.learn, paxos.phase1a, paxos.accept
+    operator      node.status, node.trace, node.compact, coord.epoch
+    testing       test.hold, test.transfer_leader, test.fault   (only with transactions.fault_hooks)
+
+Each module's docstring lists its methods' parameters and results. Every
+parameter is checked at the edge (``params``), before anything is proposed: a
+wrong type or size is ``invalid_request`` and changes nothing. A request for a
+group this node does not lead is ``not_leader`` with the leader's id.
+"""
+
+from __future__ import annotations
+
+from commit.node.handlers.base import Handler, NodeParts
+from commit.node.handlers.kv import KeyValue
+from commit.node.handlers.operator import Operator
+from commit.node.handlers.participants import Participants
+from commit.node.handlers.paxos import PaxosMessages
+from commit.node.handlers.testing import Testing
+from commit.node.handlers.transactions import Transactions
+
+
+def node_routes(node: NodeParts) -> dict[str, Handler]:
+    """Every RPC method of a node, by name (what ``consensus.rpc.serve_rpc`` dispatches on)."""
+    routes: dict[str, Handler] = {}
+    for handlers in (KeyValue(node), Transactions(node), Participants(node), PaxosMessages(node), Operator(node)):
+        routes |= handlers.routes()
+    testing = Testing(node, methods=routes.keys())
+    routes |= testing.routes()
+    return routes
+
+
+__all__ = ["NodeParts", "node_routes"]
