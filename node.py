@@ -55,7 +55,7 @@ from commit.tooling.traces import sequence_diagram, summarize
 
 
 def cmd_start(config: ClusterConfig, args: argparse.Namespace) -> int:
-    return run_node_process(config, args.node_id)
+    return run_node_process(config.with_secrets(), args.node_id)
 
 
 def _say(line: str) -> None:
@@ -67,6 +67,7 @@ def _warn(line: str) -> None:
 
 
 def cmd_up(config: ClusterConfig, args: argparse.Namespace) -> int:
+    config = config.with_secrets()
     running = running_nodes(config)
     if running:
         _warn(f"already running: {', '.join(running)} (use 'python node.py down' first)")

@@ -40,7 +40,7 @@ from commit.transaction import Transaction, run as run_transaction
 from commit.txids import check_txid
 from commit.values import Versioned, pack_value, unpack_value
 from consensus.errors import ClusterError, InvalidRequest, NotLeader, SessionExpired, Timeout, Unavailable
-from consensus.rpc import RpcClient, run_rpc_client
+from consensus.rpc import RpcClient, RpcSettings, run_rpc_client
 from consensus.tasks import open_helper_nursery
 
 
@@ -83,9 +83,10 @@ class ClientStatistics:
 class Database:
     """A connection to a cluster. Create it with ``connect``; safe to share between tasks."""
 
-    def __init__(self, config: ClusterConfig, nursery: trio.Nursery) -> None:
+    def __init__(self, config: ClusterConfig, nursery: trio.Nursery, rpc_settings: RpcSettings) -> None:
         self.config = config
         self._nursery = nursery
+        self._rpc_settings = rpc_settings
         self._connections: dict[str, RpcClient] = {}
         self._connect_locks: dict[str, trio.Lock] = {}
         self._leaders: dict[str, str] = {}
@@ -155,7 +156,9 @@ class Database:
     async def status(self, txid: str, participants: tuple[str, ...] = ()) -> str:
         """``committed``, ``aborted``, ``pending`` or ``unknown``: asks the authority for txid.
 
-        For 2PC an unknown txid is aborted (presumed abort). A Paxos Commit outcome lives with the
+        For 2PC an unknown txid is aborted when the participants are given (presumed abort: a participant
+        that never prepared it records it aborted, so it can never commit); without them, pending. A Paxos
+        Commit outcome lives with the
         acceptors, one instance per participant, and a 3PC outcome with the participants themselves (the
         3PC coordinator keeps no record, and with the participants given the client asks them directly,
         dead coordinator or not): pass the participants (``CommitUnknown.participants``) so an authority
@@ -184,7 +187,7 @@ class Database:
                 conn = await self._nursery.start(
                     partial(
                         run_rpc_client, node.host, node.rpc_port,
-                        settings=self.config.rpc_settings(), expect_node=node_id,
+                        settings=self._rpc_settings, expect_node=node_id,
                     )
                 )
             self._connections[node_id] = conn
@@ -265,7 +268,9 @@ class Database:
                     return reply
                 except NotLeader as exc:
                     self._stats.redirects += 1
-                    if pinned is None and exc.leader is not None and exc.leader != node:
+                    # Only a member of the group is followed: a redirect to a node the config does not
+                    # have in the group (a confused or hostile answer) is treated as no hint at all.
+                    if pinned is None and exc.leader in self._members[group or ""] and exc.leader != node:
                         node = exc.leader
                         await policy.on_error(exc, backoff=False)
                         continue
@@ -299,9 +304,14 @@ class Database:
 
 
 @asynccontextmanager
-async def connect(config: str | Path | ClusterConfig = "cluster.toml") -> AsyncIterator[Database]:
-    """Open a client for the cluster described by ``config`` (a path or a parsed config)."""
+async def connect(
+    config: str | Path | ClusterConfig = "cluster.toml", *, as_node: str | None = None
+) -> AsyncIterator[Database]:
+    """Open a client for the cluster described by ``config`` (a path or a parsed config).
+
+    ``as_node`` is for a node's own calls to its peers: they prove that node's key (``consensus.auth``).
+    """
     cfg = config if isinstance(config, ClusterConfig) else load_config(config)
     async with open_helper_nursery() as nursery:
-        yield Database(cfg, nursery)
+        yield Database(cfg, nursery, cfg.rpc_settings(as_node))
 

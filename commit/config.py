@@ -13,13 +13,16 @@ from __future__ import annotations
 
 import math
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from commit.credentials import CLIENT_SECRET_FILE, PEER_SECRET_FILE, SecretFileError, ensure_secret, read_secret
 from commit.protocols.registry import NAMES as PROTOCOLS
+from consensus.auth import Credentials
 from consensus.rpc import RpcSettings
-from consensus.settings import Durability, GroupSpec, RaftSettings
+from consensus.sessions import MAX_RESULTS_PER_SESSION
+from consensus.settings import Durability, GroupSpec, RaftSettings, RaftTransportLimits
 
 COORDINATOR_GROUP = "coord"
 
@@ -46,10 +49,20 @@ class Limits:
     max_key_bytes: int = 1024
     max_value_bytes: int = 1024 * 1024
     max_in_flight_per_connection: int = 1024
+    max_handshake_frame_bytes: int = 4096  # a frame before the peer proved its secret (RPC and Raft ports)
+    max_queued_reply_bytes: int = 16 * 1024 * 1024  # replies a connection has not read; then it is closed
+    max_connections: int = 1024  # RPC connections a node serves at once (leaves descriptors for Raft and files)
+    max_connections_per_address: int = 512  # ... of which from one client address
+    max_raft_frame_bytes: int = 32 * 1024 * 1024  # a Raft frame from a peer that proved the secret
+    max_raft_connections: int = 64  # connections one Raft port holds at once
+    max_raft_connections_per_address: int = 16  # ... of which from one peer address
     max_reason_chars: int = 256  # a participant's reason for a NO vote, as carried to the coordinator
     max_remembered_transactions: int = 100_000  # decided outcomes a shard, the coordinator group, a manager keep
     max_traced_transactions: int = 20_000  # transactions whose messages a node's tracer keeps
     max_pending_bundles: int = 10_000  # Paxos Commit: an acceptor's unsent 2b bundles, a learner's tallies
+    max_results_per_session: int = MAX_RESULTS_PER_SESSION  # results one exactly-once session holds above its low water
+    max_keys_per_command: int = 4096  # reads + writes of one transaction at one shard: one Raft entry to apply
+    max_nesting_depth: int = 32  # arrays and maps inside a request's parameters
 
 
 @dataclass(frozen=True)
@@ -59,6 +72,7 @@ class Timeouts:
     client_deadline_s: float = 20.0
     connect_s: float = 2.0
     handshake_s: float = 5.0
+    idle_connection_s: float = 600.0  # an RPC connection with no request and no reply this long is closed
     backoff_initial_s: float = 0.02
     backoff_max_s: float = 0.5
     status_poll_s: float = 0.2  # db.run asks this often for the outcome of a commit that may have happened
@@ -97,7 +111,8 @@ class ClusterConfig:
     name: str
     data_dir: Path
     durability: Durability
-    secret: str | None
+    secret: str | None  # the client secret (commit.credentials)
+    peer_secret: str | None  # the nodes' secret; clients need not have it
     nodes: tuple[NodeConfig, ...]
     coordinator_members: tuple[str, ...]
     shard_count: int
@@ -156,18 +171,59 @@ class ClusterConfig:
                     dump_path=base.with_suffix(".dump"),
                     raft=self.raft,
                     durability=self.durability,
-                    password=self.secret,
+                    password=self.peer_secret,
+                    transport=RaftTransportLimits(
+                        max_handshake_frame_bytes=self.limits.max_handshake_frame_bytes,
+                        max_frame_bytes=self.limits.max_raft_frame_bytes,
+                        max_connections=self.limits.max_raft_connections,
+                        max_connections_per_address=self.limits.max_raft_connections_per_address,
+                        handshake_s=self.timeouts.handshake_s,
+                    ),
+                    max_results_per_session=self.limits.max_results_per_session,
                 )
             )
         return specs
 
-    def rpc_settings(self) -> RpcSettings:
+    def rpc_settings(self, as_node: str | None = None) -> RpcSettings:
+        """Connection settings for a client, or with ``as_node`` for that node (its server and its calls)."""
+        limits = self.limits
         return RpcSettings(
-            max_frame_bytes=self.limits.max_frame_bytes,
+            max_frame_bytes=limits.max_frame_bytes,
             handshake_timeout_s=self.timeouts.handshake_s,
-            max_in_flight_per_connection=self.limits.max_in_flight_per_connection,
-            secret=self.secret,
+            max_in_flight_per_connection=limits.max_in_flight_per_connection,
+            credentials=Credentials(
+                client_secret=self.secret,
+                peer_secret=self.peer_secret if as_node is not None else None,
+                node_id=as_node,
+            ),
+            max_handshake_frame_bytes=limits.max_handshake_frame_bytes,
+            max_queued_reply_bytes=limits.max_queued_reply_bytes,
+            idle_timeout_s=self.timeouts.idle_connection_s,
+            max_connections=limits.max_connections,
+            max_connections_per_address=limits.max_connections_per_address,
         )
+
+    def secret_file(self, name: str) -> Path:
+        return self.data_dir / name
+
+    def with_secrets(self) -> ClusterConfig:
+        """This config with both secrets, made in the data directory if neither the file nor the toml has them.
+
+        What ``node.py up`` and a test cluster call before a node starts: a node never runs with
+        unauthenticated ports (``commit.credentials``).
+        """
+        try:
+            config = replace(
+                self,
+                secret=self.secret or ensure_secret(self.secret_file(CLIENT_SECRET_FILE)),
+                peer_secret=self.peer_secret or ensure_secret(self.secret_file(PEER_SECRET_FILE)),
+            )
+        except (SecretFileError, OSError) as exc:
+            raise ConfigError(f"{self.path}: {exc}") from None
+        if config.secret == config.peer_secret:
+            raise ConfigError(f"{self.path}: cluster.peer_secret must differ from cluster.secret: "
+                              "a client must not be able to act as a node")
+        return config
 
 
 class _Table:
@@ -260,6 +316,19 @@ def _port(table: _Table, key: str) -> int:
     return port
 
 
+def _secret(cluster: _Table, key: str, file: Path | None) -> str | None:
+    """A secret from ``cluster.toml``, else from its file; the peer secret's file is read by nodes only."""
+    value = cluster.take(key, str, None)
+    if value == "":
+        raise cluster.fail(key, "must not be empty (remove the key to keep the secret in the data directory)")
+    if value is not None or file is None:
+        return value
+    try:
+        return read_secret(file)
+    except SecretFileError as exc:
+        raise cluster.fail(key, str(exc)) from None
+
+
 def parse_config(text: str, path: Path) -> ClusterConfig:
     try:
         raw = tomllib.loads(text)
@@ -274,9 +343,8 @@ def parse_config(text: str, path: Path) -> ClusterConfig:
         durability = Durability(durability_name)
     except ValueError:
         raise cluster.fail("durability", f"must be 'os' or 'fsync', got {durability_name!r}") from None
-    secret = cluster.take("secret", str, None)
-    if secret == "":
-        raise cluster.fail("secret", "must not be empty (remove the key to disable auth)")
+    secret = _secret(cluster, "secret", data_dir / CLIENT_SECRET_FILE)
+    peer_secret = _secret(cluster, "peer_secret", None)
     cluster.done()
 
     raw_nodes = top.data.pop("nodes", None)
@@ -308,6 +376,7 @@ def parse_config(text: str, path: Path) -> ClusterConfig:
         data_dir=data_dir,
         durability=durability,
         secret=secret,
+        peer_secret=peer_secret,
         nodes=tuple(nodes),
         coordinator_members=coordinator_members,
         shard_count=shard_count,
@@ -319,6 +388,7 @@ def parse_config(text: str, path: Path) -> ClusterConfig:
     )
     top.done()
     _check_ports(config)
+    _check_limits(config)
     return config
 
 
@@ -338,6 +408,22 @@ def _check_ports(config: ClusterConfig) -> None:
                     f"{config.path}: node {node.id}: {label} = {port} collides with {other} on {node.host}"
                 )
             used[(node.host, port)] = f"node {node.id} {label}"
+
+
+# A Raft frame carries one replicated command (one RPC request, at most limits.max_frame_bytes) pickled
+# twice and encrypted: measured up to 3.7 times the request (consensus.raft_transport). A smaller Raft
+# limit would stall a group on a legitimate entry.
+RAFT_FRAME_GROWTH = 8
+
+
+def _check_limits(config: ClusterConfig) -> None:
+    limits = config.limits
+    if limits.max_raft_frame_bytes < RAFT_FRAME_GROWTH * limits.max_frame_bytes:
+        raise ConfigError(
+            f"{config.path}: limits.max_raft_frame_bytes = {limits.max_raft_frame_bytes} must be at least "
+            f"{RAFT_FRAME_GROWTH} x limits.max_frame_bytes ({RAFT_FRAME_GROWTH * limits.max_frame_bytes}): "
+            "a replicated command grows that much on a Raft link"
+        )
 
 
 def load_config(path: str | Path = "cluster.toml") -> ClusterConfig:

@@ -5,11 +5,17 @@ instances in one (group-committed) write. Callers persist before any message
 that reveals the change leaves the node: that is the acceptor's whole
 durability contract, and it lets an acceptor that accepts N instances of one
 transaction one by one make them durable with one forced write.
+
+An instance stops being dirty only once a write of its current state is
+durable. A write that fails (``StorageUnavailable``, a full disk) leaves its
+instances dirty, so the next caller that would reveal them writes them again
+first; the failed caller answers nothing. The memory may thus run ahead of the
+log, but nothing of it leaves the node until the log has caught up.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +29,12 @@ def _instance(raw: Any) -> Any:
 
 
 class Acceptor:
-    def __init__(self, name: str, path: Path, durability: Durability) -> None:
+    """``values``: what this acceptor may accept, when its caller knows (``AcceptorLog`` checks its file)."""
+
+    def __init__(self, name: str, path: Path, durability: Durability, values: Collection[Any] | None = None) -> None:
         self.name = name
         self.state = AcceptorState()
-        self.log = AcceptorLog(path, durability)
+        self.log = AcceptorLog(path, durability, values)
         for instance, promised, accepted_ballot, value in self.log.load():
             self.state.restore(
                 _instance(instance), ballot_of(promised),
@@ -42,12 +50,14 @@ class Acceptor:
 
     async def persist(self, instances: Iterable[Any]) -> int:
         """Write the dirty ones among ``instances``; returns how many records were written."""
-        dirty = [i for i in instances if i in self._dirty]
-        if not dirty:
+        written = {i: self.state.record(i) for i in instances if i in self._dirty}
+        if not written:
             return 0
-        self._dirty.difference_update(dirty)
-        await self.log.persist([(list(i), *self.state.record(i)) for i in dirty])
-        return len(dirty)
+        await self.log.persist([(list(i), *record) for i, record in written.items()])
+        for instance, record in written.items():
+            if self.state.record(instance) == record:  # not changed again while the write was under way
+                self._dirty.discard(instance)
+        return len(written)
 
     async def promise(
         self, ballot: Ballot, instances: list[Any]

@@ -78,6 +78,15 @@ class Unavailable(ClusterError):
     retryable = True
 
 
+class StorageUnavailable(Unavailable):
+    """A file this node must write before it answers could not be written: a full disk, an I/O error.
+
+    Nothing of the write remains (``consensus.framed_file`` cuts the file back to its last whole record),
+    so nothing was applied, and the next request that needs the file tries the write again. It crosses the
+    wire as ``unavailable``: to a client it is a node that cannot serve just now.
+    """
+
+
 class Timeout(ClusterError):
     """No answer in time: the operation may or may not have been applied."""
 
@@ -97,11 +106,34 @@ class SessionExpired(ClusterError):
     default_maybe_applied = True
 
 
+class NotPrepared(ClusterError):
+    """A decision for a transaction the participant never prepared and holds no record of: not applied, and
+    final (the participant fenced the transaction, so it never will prepare it); the sender stops re-sending."""
+
+    code = "not_prepared"
+
+
 class InternalError(ClusterError):
     """A bug on the node; the node logged it and keeps serving."""
 
     code = "internal"
     default_maybe_applied = True
+
+
+class CorruptFile(Exception):
+    """A file this node wrote reads back wrong, other than a torn last write: the node refuses to start.
+
+    Not a ``ClusterError``: it never crosses the wire. ``offset`` is the byte where the damage starts
+    (None when the file's own format cannot say, as for a gzip stream); ``node.py start`` prints the
+    message and exits, docs/OPERATIONS.md ("Corrupted files and a full disk") says what to do.
+    """
+
+    def __init__(self, path: object, offset: int | None, what: str) -> None:
+        where = "" if offset is None else f" at byte {offset}"
+        super().__init__(f"{path}{where}: {what}")
+        self.path = str(path)
+        self.offset = offset
+        self.what = what
 
 
 _BY_CODE: dict[str, type[ClusterError]] = {
@@ -113,6 +145,7 @@ _BY_CODE: dict[str, type[ClusterError]] = {
         Unavailable,
         Timeout,
         SessionExpired,
+        NotPrepared,
         InternalError,
     )
 }

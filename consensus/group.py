@@ -32,7 +32,7 @@ from contextlib import contextmanager
 from typing import Any, Protocol
 
 import trio
-from pysyncobj import FAIL_REASON, SyncObjConf, SyncObjConsumer, replicated
+from pysyncobj import FAIL_REASON, SyncObjConsumer, replicated
 
 from consensus.durability import DurableSyncObj, align_journal_with_snapshot, install_snapshot_sync
 from consensus.errors import (
@@ -43,6 +43,7 @@ from consensus.errors import (
     Unavailable,
     error_from_wire,
 )
+from consensus.raft_transport import LimitedTransportConf, LimitedTransportSyncObj
 from consensus.sessions import SessionRef, SessionTable
 from consensus.settings import GroupSpec
 
@@ -60,10 +61,10 @@ class StateMachine(Protocol):
 
 
 class _ReplicatedState(SyncObjConsumer):
-    def __init__(self, machine: StateMachine, max_sessions: int) -> None:
+    def __init__(self, machine: StateMachine, max_sessions: int, max_results_per_session: int) -> None:
         super().__init__()
         self.machine = machine
-        self.sessions = SessionTable(max_sessions)
+        self.sessions = SessionTable(max_sessions, max_results_per_session)
 
     @replicated
     def execute(self, session: tuple[int, int, int] | None, command: Any) -> tuple[str, Any]:
@@ -115,14 +116,21 @@ class _Batch:
 _ROLES = {0: "follower", 1: "candidate", 2: "leader"}
 
 
+class _Replica(DurableSyncObj, LimitedTransportSyncObj):
+    """A durable replica (``consensus.durability``) on a Raft port with limits (``consensus.raft_transport``)."""
+
+
 class ReplicaGroup:
     def __init__(self, spec: GroupSpec, machine: StateMachine, token: trio.lowlevel.TrioToken) -> None:
         self.spec = spec
         self._token = token
         self._addr_to_id = {addr: node for node, addr in spec.members.items()}
-        self._state = _ReplicatedState(machine, spec.raft.max_sessions)
+        self._state = _ReplicatedState(machine, spec.raft.max_sessions, spec.max_results_per_session)
         raft = spec.raft
-        conf = SyncObjConf(
+        self_addr = spec.members[spec.self_id]
+        conf = LimitedTransportConf(
+            transport_limits=spec.transport,
+            bindAddress=self_addr,  # PySyncObj would listen on 0.0.0.0 (transport.py _createServer)
             journalFile=str(spec.journal_path),
             fullDumpFile=str(spec.dump_path),
             appendEntriesUseBatch=raft.append_entries_use_batch,
@@ -136,14 +144,13 @@ class ReplicaGroup:
             password=spec.password,
             useFork=True,
         )
-        self_addr = spec.members[spec.self_id]
         others = [addr for node, addr in spec.members.items() if node != spec.self_id]
         install_snapshot_sync(spec.durability)
         dropped = align_journal_with_snapshot(str(spec.journal_path), str(spec.dump_path), spec.durability)
         if dropped:
             log.warning("%s: journal predated its snapshot (a crash during compaction); "
                         "dropped %d entries already in the snapshot", spec.name, dropped)
-        self._syncobj = DurableSyncObj(self_addr, others, conf, [self._state], spec.durability)
+        self._syncobj = _Replica(self_addr, others, conf, [self._state], spec.durability)
         self._next_batch = _Batch()
         self._barrier_in_flight = False
 
@@ -245,6 +252,7 @@ class ReplicaGroup:
             "has_quorum": bool(so.hasQuorum),
             "log_entries": so._getRaftLogSize(),
             "sessions": len(self._state.sessions),
+            "storage": self._syncobj.storage_problem(),  # why this replica cannot write its journal now; None if it can
         }
 
     def force_log_compaction(self) -> None:

@@ -18,6 +18,11 @@ The two rules an acceptor keeps:
 * never accept a ballot below its promise;
 * promise a ballot only if it is higher than every earlier promise, and answer
   with the highest-ballot value it accepted so far.
+
+An acceptor can ignore any request without compromising safety (Lamport,
+"Paxos Made Simple", 2001), so it also refuses a ballot no real leader can
+have made yet (``unissued``): a promise to a ballot from a later term would
+outrank every real leader's, and the instance would never be recovered.
 """
 
 from __future__ import annotations
@@ -43,6 +48,29 @@ def ballot_of(raw: Any) -> Ballot:
             isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in raw)):
         raise ValueError(f"malformed ballot {raw!r:.60}")
     return (raw[0], raw[1], raw[2])
+
+
+def unissued(ballot: Ballot, term: int, leader_rank: int | None, ranks: int) -> str | None:
+    """Why no leader can have proposed ``ballot`` by now, or None if one may have.
+
+    A leader's ballots are ``(term, rank, counter)``: the Raft term it leads the group in, and its rank
+    among the ``ranks`` acceptors. So a real ballot's term is at least 1 and at most ``term``, the current
+    one (a leader of a later term does not exist yet: its ballot would outrank every real leader's for
+    good), its rank names an acceptor, and in the current term it is the rank of that term's one leader
+    (``leader_rank``, None while this acceptor does not know it). Ballot 0 is the participants' own.
+    Refusing is always safe, and costs a real leader whose term this acceptor has not heard of yet only a
+    retry.
+    """
+    their_term, rank, _ = ballot
+    if ballot == BALLOT_ZERO:
+        return "ballot 0 belongs to the participants"
+    if not 1 <= their_term <= term:
+        return f"ballot {list(ballot)} is not of a term a leader has had (the current term is {term})"
+    if rank >= ranks:
+        return f"ballot {list(ballot)} has rank {rank}, but there are {ranks} acceptors"
+    if their_term == term and rank != leader_rank:
+        return f"ballot {list(ballot)} is of the current term, whose leader has rank {leader_rank}"
+    return None
 
 
 class AcceptorState:

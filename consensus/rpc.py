@@ -3,34 +3,51 @@
 Frames (see ``consensus.wire``) carry these messages:
 
     server -> client   {"hello": node_id, "nonce": bytes, "auth": bool}
-    client -> server   {"proof": bytes}          (empty bytes when no secret is set)
-    server -> client   {"welcome": node_id}      or an error response, then close
+    client -> server   {"as": "client" | node_id, "nonce": bytes, "proof": bytes}
+    server -> client   {"welcome": node_id, "proof": bytes}   or an error response, then close
     client -> server   [req_id, method, params]  (any number in flight)
     server -> client   [req_id, error, result]   (error is None or a wire error dict)
+
+The handshake is mutual (``consensus.auth``): the client proves the client
+secret, or a node proves its own node key; then the server proves the same
+key back, so nobody trusts a process that only squats a node's port. Its
+frames are limited to ``max_handshake_frame_bytes``: before the proof, a
+stranger can make a node buffer almost nothing. Each request's handler can
+ask ``current_caller()`` who is calling: a client, or which node.
 
 Responses may come back in any order; the client matches them by ``req_id``.
 A request with a bad shape is answered with ``invalid_request`` and the
 connection stays usable; a frame that is too large or not msgpack is answered
 with an error under request id 0 and the connection is closed, because the
-byte stream can no longer be trusted.
+byte stream can no longer be trusted. A client that half-closes its side
+still gets the replies to what it sent.
 
-Following trio's conventions, nothing here takes a timeout argument except the
-handshake (a server-side guard against idle sockets): callers put their own
-cancel scopes around ``RpcClient.call`` and ``open_rpc_client``.
+What one connection may hold is bounded: requests in flight, bytes of
+replies waiting to be sent (a client that does not read is disconnected, not
+buffered for), and time without traffic (``idle_timeout_s``). A server takes
+at most ``max_connections``, and ``max_connections_per_address`` from one
+address, so file descriptors are left for the node's Raft links and files.
+
+Following trio's conventions, nothing here takes a timeout argument for the
+client's calls: callers put their own cancel scopes around ``RpcClient.call``
+and ``open_rpc_client``. The server guards itself with the timeouts above.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
 import trio
 
 from consensus import auth
+from consensus.auth import Credentials
 from consensus.errors import (
     ClusterError,
     InternalError,
@@ -52,12 +69,37 @@ _RECEIVE_CHUNK = 65536
 
 @dataclass(frozen=True)
 class RpcSettings:
-    """Limits shared by both ends of a connection."""
+    """Limits shared by both ends of a connection, and what this end can prove."""
 
     max_frame_bytes: int
     handshake_timeout_s: float
     max_in_flight_per_connection: int
-    secret: str | None = None
+    credentials: Credentials = field(default_factory=Credentials)
+    max_handshake_frame_bytes: int = 4096
+    max_queued_reply_bytes: int = 16 * 1024 * 1024
+    idle_timeout_s: float = 600.0
+    max_connections: int = 1024
+    max_connections_per_address: int = 512
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who sent the request being handled: a node (authenticated by its node key) or a client."""
+
+    node_id: str | None
+    address: str
+
+    @property
+    def is_node(self) -> bool:
+        return self.node_id is not None
+
+
+_caller: ContextVar[Caller] = ContextVar("rpc_caller")
+
+
+def current_caller() -> Caller:
+    """The authenticated caller of the request this task is handling."""
+    return _caller.get()
 
 
 class FramedStream:
@@ -68,11 +110,24 @@ class FramedStream:
         self._max = max_frame_bytes
         self._reader = FrameReader(max_frame_bytes)
         self._send_lock = trio.Lock()
+        self.queued_bytes = 0
 
-    async def send(self, message: Any) -> None:
+    def limit_frames(self, max_frame_bytes: int) -> None:
+        """From now on, refuse frames above this size, in both directions (the handshake's small limit)."""
+        self._max = max_frame_bytes
+        self._reader.limit(max_frame_bytes)
+
+    async def send(self, message: Any, *, budget: int | None = None) -> None:
+        """Send one frame; with a ``budget``, refuse to queue more than that many bytes behind the socket."""
         frame = encode_frame(message, self._max)
-        async with self._send_lock:
-            await self._stream.send_all(frame)
+        if budget is not None and self.queued_bytes + len(frame) > budget:
+            raise trio.BrokenResourceError(f"{self.queued_bytes + len(frame)} bytes of replies not read")
+        self.queued_bytes += len(frame)
+        try:
+            async with self._send_lock:
+                await self._stream.send_all(frame)
+        finally:
+            self.queued_bytes -= len(frame)
 
     async def receive(self) -> Any:
         """Next message, or raise EOFError when the peer closed the stream."""
@@ -122,70 +177,142 @@ async def _dispatch(router: Router, method: str, params: dict[str, Any]) -> tupl
         return InternalError(f"{method} failed on the node; see its log").to_wire(), None
 
 
+async def _reply(conn: FramedStream, message: Any, settings: RpcSettings) -> None:
+    """Send a reply within the connection's budget; a client that reads nothing is cut off, not buffered."""
+    with trio.move_on_after(settings.idle_timeout_s) as scope:
+        await conn.send(message, budget=settings.max_queued_reply_bytes)
+    if scope.cancelled_caught:
+        raise trio.BrokenResourceError(f"a reply was not read for {settings.idle_timeout_s}s")
+
+
 async def _answer(
     conn: FramedStream, router: Router, req_id: int, method: str, params: dict[str, Any],
-    in_flight: trio.Semaphore,
+    in_flight: trio.Semaphore, settings: RpcSettings, cut_off: Callable[[str], None],
 ) -> None:
     try:
         error, result = await _dispatch(router, method, params)
         try:
-            await conn.send([req_id, error, result])
+            await _reply(conn, [req_id, error, result], settings)
         except FrameTooLarge as exc:
-            await conn.send([req_id, exc.to_wire(), None])
-    except (trio.BrokenResourceError, trio.ClosedResourceError):
+            await _reply(conn, [req_id, exc.to_wire(), None], settings)
+    except trio.BrokenResourceError as exc:
+        cut_off(str(exc))
+    except trio.ClosedResourceError:
         pass
     finally:
         in_flight.release()
 
 
-async def _handshake_server(conn: FramedStream, node_id: str, settings: RpcSettings) -> bool:
+async def _handshake_server(conn: FramedStream, node_id: str, settings: RpcSettings, peer: str) -> Caller | None:
+    """Check the peer's proof and prove ours back; the caller it authenticated, or None (then close)."""
+    credentials = settings.credentials
     nonce = auth.new_nonce()
-    await conn.send({"hello": node_id, "nonce": nonce, "auth": settings.secret is not None})
-    with trio.move_on_after(settings.handshake_timeout_s):
-        try:
-            reply = await conn.receive()
-        except (FrameTooLarge, GarbageFrame):
-            return False
-        proof = reply.get("proof") if isinstance(reply, dict) else None
-        if settings.secret is not None and not auth.verify(settings.secret, nonce, node_id, proof):
-            await conn.send([0, Unauthorized("the cluster secret was not proven").to_wire(), None])
-            return False
-        await conn.send({"welcome": node_id})
-        return True
-    return False
+    await conn.send({"hello": node_id, "nonce": nonce, "auth": not credentials.open})
+    try:
+        reply = await conn.receive()
+    except (FrameTooLarge, GarbageFrame):
+        return None
+    claimed = reply.get("as", auth.CLIENT) if isinstance(reply, dict) else None
+    their_nonce = reply.get("nonce") if isinstance(reply, dict) else None
+    if not (isinstance(claimed, str) and isinstance(their_nonce, bytes) and len(their_nonce) == auth.NONCE_BYTES):
+        await conn.send([0, InvalidRequest("the handshake needs 'as' and a 16-byte 'nonce'").to_wire(), None])
+        return None
+    key = credentials.key_for(claimed)
+    if claimed == auth.CLIENT and credentials.open:
+        proof = b""
+    elif key is None or not auth.verify(key, "to-server", claimed, node_id, nonce, their_nonce, reply.get("proof")):
+        what = "the cluster secret" if claimed == auth.CLIENT else f"the node key of {claimed!r}"
+        await conn.send([0, Unauthorized(f"{what} was not proven").to_wire(), None])
+        return None
+    else:
+        proof = auth.prove(key, "to-client", claimed, node_id, their_nonce, nonce)
+    await conn.send({"welcome": node_id, "proof": proof})
+    return Caller(None if claimed == auth.CLIENT else claimed, peer)
 
 
 async def _read_requests(
     conn: FramedStream, router: Router, settings: RpcSettings, nursery: trio.Nursery, peer: str
-) -> None:
+) -> str | None:
+    """Dispatch requests until the peer half-closes (None: its answers still go out) or must be cut off (why)."""
     in_flight = trio.Semaphore(settings.max_in_flight_per_connection)
+
+    def cut_off(reason: str) -> None:
+        log.warning("closing connection from %s: %s", peer, reason)
+        nursery.cancel_scope.cancel()
+
     while True:
-        try:
-            message = await conn.receive()
-        except (FrameTooLarge, GarbageFrame) as exc:
-            log.warning("closing connection from %s: %s", peer, exc)
-            await conn.send([0, exc.to_wire(), None])
-            return
+        with trio.move_on_after(settings.idle_timeout_s) as idle:
+            try:
+                message = await conn.receive()
+            except (FrameTooLarge, GarbageFrame) as exc:
+                await conn.send([0, exc.to_wire(), None])
+                return str(exc)
+            except EOFError:
+                return None
+        if idle.cancelled_caught:
+            if in_flight.value == settings.max_in_flight_per_connection:
+                return f"idle for {settings.idle_timeout_s}s"
+            continue
         try:
             req_id, method, params = _parse_request(message)
         except InvalidRequest as exc:
-            await conn.send([_request_id_of(message), exc.to_wire(), None])
+            await _reply(conn, [_request_id_of(message), exc.to_wire(), None], settings)
             continue
         await in_flight.acquire()
-        nursery.start_soon(_answer, conn, router, req_id, method, params, in_flight)
+        nursery.start_soon(_answer, conn, router, req_id, method, params, in_flight, settings, cut_off)
+
+
+class _Admission:
+    """Counts a server's open connections, in all and per address, against the settings' caps."""
+
+    def __init__(self, settings: RpcSettings) -> None:
+        self._settings = settings
+        self._per_address: Counter[str] = Counter()
+        self._total = 0
+
+    @contextmanager
+    def admit(self, address: str) -> Iterator[str | None]:
+        """Yields None when the connection may be served, else why not."""
+        if self._total >= self._settings.max_connections:
+            yield f"the node serves at most {self._settings.max_connections} connections"
+            return
+        if self._per_address[address] >= self._settings.max_connections_per_address:
+            yield f"at most {self._settings.max_connections_per_address} connections from {address}"
+            return
+        self._total += 1
+        self._per_address[address] += 1
+        try:
+            yield None
+        finally:
+            self._total -= 1
+            self._per_address[address] -= 1
+            if not self._per_address[address]:
+                del self._per_address[address]
 
 
 async def _serve_connection(
-    router: Router, node_id: str, settings: RpcSettings, stream: trio.SocketStream
+    router: Router, node_id: str, settings: RpcSettings, admission: _Admission, stream: trio.SocketStream
 ) -> None:
     """Serve one client until it leaves; nothing a client sends can escape into the node."""
-    conn = FramedStream(stream, settings.max_frame_bytes)
-    peer = _peer(stream)
+    conn = FramedStream(stream, settings.max_handshake_frame_bytes)
+    address, peer = _peer(stream)
     try:
-        if await _handshake_server(conn, node_id, settings):
+        with admission.admit(address) as refusal:
+            if refusal is not None:
+                await conn.send([0, Unavailable(refusal).to_wire(), None])
+                return
+            caller = None
+            with trio.move_on_after(settings.handshake_timeout_s):
+                caller = await _handshake_server(conn, node_id, settings, peer)
+            if caller is None:
+                return
+            _caller.set(caller)
+            conn.limit_frames(settings.max_frame_bytes)
             async with trio.open_nursery() as nursery:
-                await _read_requests(conn, router, settings, nursery, peer)
-                nursery.cancel_scope.cancel()
+                reason = await _read_requests(conn, router, settings, nursery, peer)
+                if reason is not None:
+                    log.warning("closing connection from %s: %s", peer, reason)
+                    nursery.cancel_scope.cancel()
     except* (EOFError, trio.BrokenResourceError, trio.ClosedResourceError):
         pass
     except* Exception:
@@ -195,12 +322,13 @@ async def _serve_connection(
             await conn.aclose()
 
 
-def _peer(stream: trio.SocketStream) -> str:
+def _peer(stream: trio.SocketStream) -> tuple[str, str]:
+    """The peer's address, and address:port."""
     try:
         host, port = stream.socket.getpeername()[:2]
-        return f"{host}:{port}"
+        return host, f"{host}:{port}"
     except OSError:
-        return "?"
+        return "?", "?"
 
 
 async def serve_rpc(
@@ -216,7 +344,7 @@ async def serve_rpc(
     listeners = await trio.open_tcp_listeners(port, host=host)
     task_status.started(listeners)
     await trio.serve_listeners(
-        partial(_serve_connection, router, node_id, settings), listeners
+        partial(_serve_connection, router, node_id, settings, _Admission(settings)), listeners
     )
 
 
@@ -303,25 +431,35 @@ class RpcClient:
                 await self._conn.aclose()
 
 
+def _raise_refusal(message: Any) -> None:
+    """A server that refuses the connection says why with an error under request id 0."""
+    if isinstance(message, list) and len(message) == 3 and message[1] is not None:
+        raise error_from_wire(message[1])
+
+
 async def _handshake_client(
-    conn: FramedStream, peer: str, secret: str | None, expect_node: str | None
+    conn: FramedStream, peer: str, credentials: Credentials, expect_node: str | None
 ) -> str:
     hello = await conn.receive()
-    if not (isinstance(hello, dict) and isinstance(hello.get("hello"), str)):
+    _raise_refusal(hello)
+    if not (isinstance(hello, dict) and isinstance(hello.get("hello"), str) and isinstance(hello.get("nonce"), bytes)):
         raise Unavailable(f"{peer} did not greet with a valid hello")
-    node_id = hello["hello"]
+    node_id, nonce = hello["hello"], hello["nonce"]
     if expect_node is not None and node_id != expect_node:
         raise InvalidRequest(f"{peer} claims to be node {node_id!r}, expected {expect_node!r}")
-    nonce = hello.get("nonce")
-    if hello.get("auth") and secret is None:
+    claimed = credentials.claim
+    key = credentials.key_for(claimed)
+    if hello.get("auth") and key is None:
         raise Unauthorized(f"node {node_id} requires the cluster secret and none is configured")
-    proof = auth.prove(secret, nonce, node_id) if secret is not None and isinstance(nonce, bytes) else b""
-    await conn.send({"proof": proof})
+    my_nonce = auth.new_nonce()
+    proof = auth.prove(key, "to-server", claimed, node_id, nonce, my_nonce) if key is not None else b""
+    await conn.send({"as": claimed, "nonce": my_nonce, "proof": proof})
     welcome = await conn.receive()
-    if isinstance(welcome, list) and len(welcome) == 3 and welcome[1] is not None:
-        raise error_from_wire(welcome[1])
+    _raise_refusal(welcome)
     if not (isinstance(welcome, dict) and welcome.get("welcome") == node_id):
         raise Unavailable(f"{peer} sent no welcome")
+    if key is not None and not auth.verify(key, "to-client", claimed, node_id, my_nonce, nonce, welcome.get("proof")):
+        raise Unauthorized(f"{peer} did not prove the cluster secret: it is not node {node_id} of this cluster")
     return node_id
 
 
@@ -334,15 +472,16 @@ async def connect_rpc(
         stream = await trio.open_tcp_stream(host, port)
     except OSError as exc:
         raise Unavailable(f"cannot connect to {peer}: {exc.strerror or exc}") from None
-    conn = FramedStream(stream, settings.max_frame_bytes)
+    conn = FramedStream(stream, settings.max_handshake_frame_bytes)
     try:
-        node_id = await _handshake_client(conn, peer, settings.secret, expect_node)
+        node_id = await _handshake_client(conn, peer, settings.credentials, expect_node)
     except (EOFError, trio.BrokenResourceError, trio.ClosedResourceError):
         await conn.aclose()
         raise Unavailable(f"{peer} closed the connection during the handshake") from None
     except BaseException:
         await conn.aclose()
         raise
+    conn.limit_frames(settings.max_frame_bytes)
     return RpcClient(conn, peer, node_id)
 
 

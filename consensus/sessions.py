@@ -20,13 +20,23 @@ changed nothing, so a retry with the same seq runs again instead of getting
 the refusal back for ever (issue 9.2: a put on a key a transaction held
 failed after its whole deadline although the lock was released at once).
 
-Memory stays bounded two ways, both deterministic (the table is part of the
+Memory stays bounded three ways, all deterministic (the table is part of the
 replicated state, so every replica must evict the same entries):
 
 * each command carries the client's ``low_water``: the smallest sequence
   number it still awaits. Results below it were received and are dropped,
   and the table keeps the highest ``low_water`` seen, so a late duplicate of
   a dropped command is refused (``SessionExpired``) instead of re-applied;
+* a session runs only commands numbered below its low water plus
+  ``max_results_per_session``, so it never holds more results than that. A
+  client that keeps its low water down (a command it awaits for long, or a
+  hostile client that never moves it) gets every command beyond that window
+  refused with ``Unavailable`` (not applied, not remembered) until one of its
+  commands carries a higher low water. Nothing is dropped to make room, so
+  exactly-once holds: every result the client may still ask for stays, the
+  command that holds the low water down always runs, and a refused command is
+  retried like any unavailable one (``commit.retry``) while the client's
+  earlier commands finish and its low water rises;
 * at most ``max_sessions`` sessions are remembered, least recently used
   evicted first.
 """
@@ -38,9 +48,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from consensus.errors import SessionExpired
+from consensus.errors import SessionExpired, Unavailable
 
 Outcome = tuple[str, Any]  # ("ok", result) or ("err", error in wire form)
+MAX_RESULTS_PER_SESSION = 10_000  # for tables built without one: the default of limits.max_results_per_session
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,8 +70,9 @@ class _Session:
 
 
 class SessionTable:
-    def __init__(self, max_sessions: int) -> None:
+    def __init__(self, max_sessions: int, max_results_per_session: int = MAX_RESULTS_PER_SESSION) -> None:
         self.max_sessions = max_sessions
+        self.max_results_per_session = max_results_per_session
         self._sessions: OrderedDict[int, _Session] = OrderedDict()
         self._next_id = 1
 
@@ -97,20 +109,27 @@ class SessionTable:
                 f"session {ref.session_id} is no longer held for seq {ref.seq} "
                 f"(evicted, or its result trimmed); the command may have been applied"
             ).to_wire()
+        session = self._used(ref)
+        if ref.seq >= session.low_water + self.max_results_per_session:
+            return "err", Unavailable(
+                f"session {ref.session_id} runs commands below {session.low_water + self.max_results_per_session} "
+                f"only: its low water {session.low_water} plus limits.max_results_per_session; seq {ref.seq} "
+                f"is refused until the client's earlier commands finish", maybe_applied=False,
+            ).to_wire()
         outcome = apply()
-        self._note(ref, outcome if outcome[0] == "ok" else None)
+        if outcome[0] == "ok":
+            session.results[ref.seq] = outcome
         return outcome
 
-    def _note(self, ref: SessionRef, outcome: Outcome | None) -> None:
-        """The session was used: trim below its low water, keep ``outcome`` if applied, mark it recent."""
+    def _used(self, ref: SessionRef) -> _Session:
+        """The session was used: trim below its low water, and mark it the most recent."""
         session = self._sessions.pop(ref.session_id)
         if ref.low_water > session.low_water:
             session.low_water = ref.low_water
             for seq in [s for s in session.results if s < ref.low_water]:
                 del session.results[seq]
-        if outcome is not None:
-            session.results[ref.seq] = outcome
         self._sessions[ref.session_id] = session
+        return session
 
     def _evict(self) -> None:
         while len(self._sessions) > self.max_sessions:

@@ -11,6 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from consensus.sessions import MAX_RESULTS_PER_SESSION
+
 
 class Durability(enum.Enum):
     """What an acknowledged write survives; ``consensus.durability`` says exactly."""
@@ -35,6 +37,22 @@ class RaftSettings:
 
 
 @dataclass(frozen=True)
+class RaftTransportLimits:
+    """What a replica's Raft port accepts (``consensus.raft_transport``); docs/OPERATIONS.md explains each.
+
+    The defaults are those of ``cluster.toml`` (``limits.max_handshake_frame_bytes``,
+    ``max_raft_frame_bytes``, ``max_raft_connections``, ``max_raft_connections_per_address``,
+    ``timeouts.handshake_s``), for replicas built without one.
+    """
+
+    max_handshake_frame_bytes: int = 4096  # a frame from a peer that has not proved the secret yet
+    max_frame_bytes: int = 32 * 1024 * 1024  # a frame from a peer that has
+    max_connections: int = 64  # connections one Raft port holds at once
+    max_connections_per_address: int = 16  # ... of which from one peer address
+    handshake_s: float = 5.0  # a connection that has not proved the secret by then is closed
+
+
+@dataclass(frozen=True)
 class GroupSpec:
     name: str
     self_id: str
@@ -44,3 +62,5 @@ class GroupSpec:
     raft: RaftSettings
     durability: Durability
     password: str | None = None
+    transport: RaftTransportLimits = field(default_factory=RaftTransportLimits)
+    max_results_per_session: int = MAX_RESULTS_PER_SESSION

@@ -52,6 +52,10 @@ class FrameReader:
         self._max = max_frame_bytes
         self._buffer = bytearray()
 
+    def limit(self, max_frame_bytes: int) -> None:
+        """Change the largest frame accepted from now on (the handshake's is smaller than the session's)."""
+        self._max = max_frame_bytes
+
     def feed(self, data: bytes | bytearray) -> None:
         self._buffer += data
 

@@ -15,6 +15,8 @@ import trio
 import commit
 from commit.config import shard_group
 from commit.routing import shard_of
+from consensus import auth
+from consensus.auth import Credentials
 from consensus.rpc import connect_rpc
 from commit.tooling.localcluster import ROOT, LocalCluster
 
@@ -101,6 +103,20 @@ async def test_retried_put_is_applied_once(shared_cluster: LocalCluster) -> None
         assert await db.put(key, "next") == retry["version"] + 1
 
 
+async def test_a_client_that_half_closes_after_a_put_still_gets_its_reply(shared_cluster: LocalCluster) -> None:
+    """The put is applied; the reply used to be dropped with the connection when the client shut its side."""
+    key = b"half-closed"
+    leader = await _shard_leader(shared_cluster, key)
+    opened = await shared_cluster.call(leader, "session.open", {"group": shard_group(shard_of(key, 3))})
+    params = {"key": key, "value": msgpack.packb("sent"), "session": [opened["session"], 1, 1]}
+    frames = await _raw_exchange(shared_cluster, leader, _frame([1, "kv.put", params]), half_close=True)
+    replies = [f for f in frames if isinstance(f, list)]
+    assert len(replies) == 1 and replies[0][0] == 1 and replies[0][1] is None, frames
+    assert frames[-1] == "EOF"
+    async with commit.connect(shared_cluster.config) as db:
+        assert await db.get(key) == ("sent", replies[0][2]["version"], True)
+
+
 async def test_client_retry_after_attempt_timeout_is_applied_once(shared_cluster: LocalCluster) -> None:
     """A paused leader makes the first attempt time out; the retry on the new leader applies once."""
     key = b"paused-leader"
@@ -123,9 +139,10 @@ async def test_client_retry_after_attempt_timeout_is_applied_once(shared_cluster
 
 
 async def _raw_exchange(
-    cluster: LocalCluster, node_id: str, payload: bytes, wait_s: float = 2.0
+    cluster: LocalCluster, node_id: str, payload: bytes, wait_s: float = 2.0, half_close: bool = False
 ) -> list[object]:
-    """Handshake by hand, send raw bytes, return every frame received until EOF or ``wait_s``."""
+    """Handshake by hand, send raw bytes (then shut the sending side if ``half_close``), return every
+    frame received until EOF or ``wait_s``."""
     node = cluster.config.node(node_id)
     stream = await trio.open_tcp_stream(node.host, node.rpc_port)
     frames: list[object] = []
@@ -151,10 +168,18 @@ async def _raw_exchange(
 
     async with stream:
         hello = await read_frame()
-        assert isinstance(hello, dict) and hello["hello"] == node_id
-        await stream.send_all(frame({"proof": b""}))
-        assert await read_frame() == {"welcome": node_id}
+        assert isinstance(hello, dict) and hello["hello"] == node_id and hello["auth"] is True
+        key = Credentials(client_secret=cluster.config.secret).key_for(auth.CLIENT)
+        assert key is not None
+        nonce = auth.new_nonce()
+        proof = auth.prove(key, "to-server", auth.CLIENT, node_id, hello["nonce"], nonce)
+        await stream.send_all(frame({"as": auth.CLIENT, "nonce": nonce, "proof": proof}))
+        welcome = await read_frame()
+        assert isinstance(welcome, dict) and welcome["welcome"] == node_id
+        assert auth.verify(key, "to-client", auth.CLIENT, node_id, nonce, hello["nonce"], welcome["proof"])
         await stream.send_all(payload)
+        if half_close:
+            await stream.send_eof()
         with trio.move_on_after(wait_s):
             try:
                 while True:

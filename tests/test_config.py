@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from commit.config import COORDINATOR_GROUP, ConfigError, load_config, parse_config
+from commit.credentials import CLIENT_SECRET_FILE, PEER_SECRET_FILE, read_secret
 from consensus.settings import Durability, RaftSettings
 
 REPO_CONFIG = Path(__file__).resolve().parent.parent / "cluster.toml"
@@ -59,7 +60,8 @@ def test_repo_cluster_toml_layout():
         assert group.members == ("n1", "n2", "n3")
     assert config.shard_count == 3
     assert config.durability is Durability.OS
-    assert config.secret is None
+    assert config.secret == read_secret(config.data_dir / CLIENT_SECRET_FILE)  # made by the first `node.py up`
+    assert config.peer_secret is None  # a client never reads the nodes' secret
     assert config.data_dir == REPO_CONFIG.parent / "data"
     for node in config.nodes:
         specs = config.group_specs(node.id)
@@ -74,7 +76,7 @@ def test_repo_cluster_toml_settings():
     assert config.timeouts.client_deadline_s == 20.0
     rpc = config.rpc_settings()
     assert rpc.max_frame_bytes == 4194304
-    assert rpc.secret is None
+    assert rpc.credentials.peer_secret is None and rpc.credentials.claim == "client"
     assert rpc.max_in_flight_per_connection == config.limits.max_in_flight_per_connection
     assert rpc.handshake_timeout_s == config.timeouts.handshake_s
 
@@ -102,7 +104,7 @@ def test_float_settings_accept_integers_as_floats():
 
 def test_group_specs_ports_paths_and_settings():
     text = (
-        '[cluster]\ndata_dir = "state"\ndurability = "fsync"\nsecret = "pw"\n'
+        '[cluster]\ndata_dir = "state"\ndurability = "fsync"\nsecret = "pw"\npeer_secret = "peer-pw"\n'
         + NODES
         + '[shards]\ncount = 2\nmembers = ["n1", "n3"]\n'
         + "[raft]\nleader_fallback_timeout_s = 2.5\n"
@@ -121,7 +123,7 @@ def test_group_specs_ports_paths_and_settings():
     assert shard1.journal_path == Path("/cfg/state/n1/shard-1.journal")
     assert shard1.dump_path == Path("/cfg/state/n1/shard-1.dump")
     assert shard1.durability is Durability.FSYNC
-    assert shard1.password == "pw"
+    assert shard1.password == "peer-pw"  # Raft is for nodes: the client secret does not open it
     assert shard1.raft.leader_fallback_timeout_s == 2.5
     # n2 is not a shard member: it only hosts the coordinator group
     assert [s.name for s in config.group_specs("n2")] == [COORDINATOR_GROUP]
@@ -161,6 +163,7 @@ def test_load_config_missing_file(tmp_path):
         ("[raft]\nmax_sessions = 1.5\n", "raft.max_sessions: expected int, got float"),
         ("[raft]\nappend_entries_use_batch = 1\n", "raft.append_entries_use_batch: expected bool, got int"),
         ("[limits]\nmax_frame_bytes = 0\n", "limits.max_frame_bytes: must be positive"),
+        ("[limits]\nmax_frame_bytes = 8388608\n", "limits.max_raft_frame_bytes = 33554432 must be at least 8 x"),
         ("[timeouts]\nclient_deadline_s = -2\n", "timeouts.client_deadline_s: must be positive"),
         ("[shards]\ncount = 0\n", "shards.count: must be positive"),
     ],
@@ -196,6 +199,41 @@ def test_bad_durability():
 
 def test_empty_secret_is_refused():
     assert "cluster.secret: must not be empty" in parse_error('[cluster]\nsecret = ""\n' + NODES)
+    assert "cluster.peer_secret: must not be empty" in parse_error('[cluster]\npeer_secret = ""\n' + NODES)
+
+
+def _config_in(tmp_path: Path, cluster: str = ""):
+    path = tmp_path / "cluster.toml"
+    path.write_text(f'[cluster]\ndata_dir = "data"\n{cluster}' + NODES)
+    return load_config(path)
+
+
+def test_a_node_makes_both_secrets_once_and_clients_read_only_the_client_one(tmp_path):
+    assert _config_in(tmp_path).secret is None
+    made = _config_in(tmp_path).with_secrets()
+    for name, value in ((CLIENT_SECRET_FILE, made.secret), (PEER_SECRET_FILE, made.peer_secret)):
+        path = tmp_path / "data" / name
+        assert path.stat().st_mode & 0o777 == 0o600
+        assert value and path.read_text().strip() == value
+    assert made.secret != made.peer_secret
+    again = _config_in(tmp_path)
+    assert again.secret == made.secret and again.peer_secret is None
+    assert again.with_secrets().peer_secret == made.peer_secret
+    assert again.rpc_settings(as_node="n2").credentials.claim == "client"  # no peer secret, no node claim
+    assert again.with_secrets().rpc_settings(as_node="n2").credentials.claim == "n2"
+    assert again.with_secrets().group_specs("n1")[0].password == made.peer_secret
+
+
+def test_a_secret_file_others_can_read_is_refused(tmp_path):
+    _config_in(tmp_path).with_secrets()
+    (tmp_path / "data" / CLIENT_SECRET_FILE).chmod(0o644)
+    with pytest.raises(ConfigError, match=r"client\.secret: others may read it .*chmod 600"):
+        _config_in(tmp_path)
+
+
+def test_the_peer_secret_must_differ_from_the_client_secret(tmp_path):
+    with pytest.raises(ConfigError, match="peer_secret must differ"):
+        _config_in(tmp_path, 'secret = "same"\npeer_secret = "same"\n').with_secrets()
 
 
 def test_invalid_toml():

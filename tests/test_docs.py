@@ -38,3 +38,10 @@ def test_every_setting_is_documented_in_operations(section: type) -> None:
     undocumented = [f.name for f in dataclasses.fields(section)
                     if f"`{name}.{f.name}`" not in text and f"`{f.name}`" not in text]
     assert not undocumented, f"[{name}] keys missing from docs/OPERATIONS.md: {undocumented}"
+
+
+def test_every_limit_is_in_the_threat_model() -> None:
+    """docs/SECURITY.md says what each limit bounds, so a new limit must be placed in the threat model."""
+    text = (ROOT / "docs" / "SECURITY.md").read_text()
+    missing = [f.name for f in dataclasses.fields(Limits) if f.name not in text]
+    assert not missing, f"[limits] keys missing from docs/SECURITY.md: {missing}"

@@ -7,7 +7,6 @@ import logging
 import pickle
 from pathlib import Path
 
-import pysyncobj.journal as ps_journal
 import pytest
 
 from consensus.durability import (
@@ -16,6 +15,7 @@ from consensus.durability import (
     SyncedFileJournal,
     align_journal_with_snapshot,
 )
+from consensus.journal_file import JournalFile
 from consensus.settings import Durability
 
 NOTHING_APPLIED = 0
@@ -26,14 +26,14 @@ def entry(i: int) -> tuple[bytes, int, int]:
 
 
 def write_journal(path: Path, indexes: range) -> None:
-    journal = ps_journal.FileJournal(str(path))
+    journal = JournalFile(str(path))
     for i in indexes:
         journal.add(*entry(i))
     journal._destroy()
 
 
 def read_journal(path: Path) -> list[tuple[bytes, int, int]]:
-    journal = ps_journal.FileJournal(str(path))
+    journal = JournalFile(str(path))
     try:
         return [journal[i] for i in range(len(journal))]
     finally:
@@ -84,7 +84,7 @@ def test_truncation_at_compaction_is_atomic_and_the_journal_stays_usable(tmp_pat
     assert not (tmp_path / "g.journal.rewrite").exists()
 
 
-def entries_of(journal: ps_journal.FileJournal) -> list[tuple[bytes, int, int]]:
+def entries_of(journal: JournalFile) -> list[tuple[bytes, int, int]]:
     return [journal[i] for i in range(len(journal))]
 
 

@@ -11,13 +11,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pysyncobj.journal as ps_journal
 import pytest
 from pysyncobj import SyncObjConf
 from pysyncobj.node import TCPNode
 
 from commit.tooling.localcluster import free_port_block
 from consensus.durability import DurableSyncObj
+from consensus.journal_file import JournalFile
 from consensus.settings import Durability
 
 OLD_TERM, LEADER_TERM = 1, 2
@@ -30,7 +30,7 @@ def entry(i: int, term: int = OLD_TERM) -> tuple[bytes, int, int]:
 @pytest.fixture
 def follower(tmp_path: Path, seed: int) -> Iterator[tuple[Any, TCPNode]]:
     """A follower whose journal holds entries 1..10 of an old term; nothing is committed yet."""
-    journal = ps_journal.FileJournal(str(tmp_path / "g.journal"))
+    journal = JournalFile(str(tmp_path / "g.journal"))
     for i in range(1, 11):
         journal.add(*entry(i))
     journal._destroy()

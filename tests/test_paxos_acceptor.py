@@ -21,9 +21,10 @@ from hypothesis import strategies as st
 
 from consensus.acceptor import Acceptor
 from consensus.acceptor_log import AcceptorLog
-from consensus.paxos import BALLOT_ZERO, NO_PROMISE, AcceptorState, InstanceState, ballot_of
+from consensus.paxos import BALLOT_ZERO, NO_PROMISE, AcceptorState, InstanceState, ballot_of, unissued
 from consensus.settings import Durability
-from consensus.wire import FrameReader, encode_frame
+from consensus.framed_file import parse_records
+from consensus.wire import encode_frame
 
 B1 = (1, 0, 1)
 B2 = (1, 0, 2)
@@ -34,15 +35,8 @@ real_ballots = ballots.filter(lambda b: b != BALLOT_ZERO)
 
 
 def records_in(path: Path) -> list:
-    """The complete frames of an acceptor log file (a frame being written at the tail is skipped)."""
-    reader = FrameReader(1 << 20)
-    reader.feed(path.read_bytes())
-    out = []
-    while True:
-        ready, frame = reader.next_frame()
-        if not ready:
-            return out
-        out.append(frame)
+    """The whole records of an acceptor log file (a record being written at the tail is skipped)."""
+    return [r.value for r in parse_records(path, path.read_bytes(), acceptor_log_module.KIND)[0]]
 
 
 # -- AcceptorState: promise ---------------------------------------------------------------
@@ -270,7 +264,7 @@ async def test_log_group_commit_shares_forced_writes_and_returns_only_after_the_
 async def test_log_caller_arriving_during_a_write_waits_for_the_next_batch(tmp_path, monkeypatch):
     """Deterministic group commit: the first write is held until two more callers have queued."""
     path = tmp_path / "acc.log"
-    monkeypatch.setattr(acceptor_log_module.os, "fsync", lambda fd: None)
+    monkeypatch.setattr(os, "fsync", lambda fd: None)
     log = AcceptorLog(path, Durability.FSYNC)  # the thread path: os mode writes inline, too fast to batch
     entered, release = threading.Event(), threading.Event()
     real_write = log._write
@@ -346,7 +340,7 @@ async def test_log_write_error_reaches_every_caller_of_the_batch(tmp_path):
 
 async def test_log_unwritable_record_in_a_joined_batch_does_not_hang_the_batch(tmp_path, monkeypatch):
     path = tmp_path / "acc.log"
-    monkeypatch.setattr(acceptor_log_module.os, "fsync", lambda fd: None)
+    monkeypatch.setattr(os, "fsync", lambda fd: None)
     log = AcceptorLog(path, Durability.FSYNC)  # the thread path: os mode writes inline, too fast to batch
     entered, release = threading.Event(), threading.Event()
     real_write = log._write
@@ -372,7 +366,7 @@ async def test_log_unwritable_record_in_a_joined_batch_does_not_hang_the_batch(t
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(call, "a", "prepared")
                 await trio.to_thread.run_sync(entered.wait)
-                nursery.start_soon(call, "b", b"x" * ((1 << 20) + 10))  # too large to frame
+                nursery.start_soon(call, "b", object())  # msgpack cannot pack it
                 nursery.start_soon(call, "c", "prepared")
                 await trio.sleep(0.05)
                 release.set()
@@ -598,3 +592,28 @@ def test_paxos_safety_with_proposers_following_phase_1(data):
     for acc in accs:
         for state in acc.instances.values():
             assert state.accepted_ballot is None or state.accepted_ballot <= state.promised
+
+
+# -- ballots a leader can have made (consensus.paxos.unissued) -----------------------------------------
+
+
+@pytest.mark.parametrize(("ballot", "why"), [
+    ((0, 0, 0), "belongs to the participants"),
+    ((0, 1, 7), "not of a term"),  # no leader ever has term 0
+    ((6, 0, 1), "not of a term"),  # a later term than the current one: it would outrank every real leader
+    ((2**64 - 1, 0, 0), "not of a term"),
+    ((4, 3, 1), "there are 3 acceptors"),
+    ((5, 2, 1), "whose leader has rank 1"),  # the current term belongs to its one leader
+])
+def test_a_ballot_no_leader_can_have_made_yet_is_named_with_why(ballot, why):
+    assert why in (unissued(ballot, term=5, leader_rank=1, ranks=3) or "")
+
+
+@pytest.mark.parametrize("ballot", [(5, 1, 1), (5, 1, 2**63 - 1), (4, 0, 9), (1, 2, 1)])
+def test_a_ballot_of_the_current_leader_or_of_an_earlier_term_is_issuable(ballot):
+    assert unissued(ballot, term=5, leader_rank=1, ranks=3) is None
+
+
+def test_no_ballot_of_the_current_term_is_issuable_while_its_leader_is_unknown():
+    assert unissued((5, 1, 1), term=5, leader_rank=None, ranks=3) is not None
+    assert unissued((4, 1, 1), term=5, leader_rank=None, ranks=3) is None

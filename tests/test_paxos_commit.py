@@ -300,7 +300,7 @@ async def test_a_phase_2b_naming_a_shard_that_is_not_a_participant_is_refused_an
         stray = {"txid": tx.txid, "acceptor": leaders["coord"], "ballot": [0, 0, 0],
                  "values": {shard_group(2): "prepared"}, "hop": 3}
         with pytest.raises(commit.InvalidRequest, match="not its participants"):
-            await cluster.call(leaders["coord"], "paxos.phase2b", stray)
+            await cluster.call(leaders["coord"], "paxos.phase2b", stray, as_node=leaders["coord"])
         assert await _coordinator_state(cluster, leaders["coord"], tx.txid) == "coordinator:collecting"
         await cluster.wait_unlocked(within_s=15)  # its vote timer recovered it: aborted, as it should
         assert await db.status(tx.txid, tx.participants) == "aborted"

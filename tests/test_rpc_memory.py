@@ -10,12 +10,14 @@ import pytest
 import trio
 
 from consensus.errors import InternalError, InvalidRequest, Unauthorized, Unavailable
+from consensus.auth import Credentials
 from consensus.rpc import RpcSettings, open_rpc_client, serve_rpc
 
 MAX_FRAME = 64 * 1024
 SETTINGS = RpcSettings(max_frame_bytes=MAX_FRAME, handshake_timeout_s=5.0, max_in_flight_per_connection=256)
 SECRET_SETTINGS = RpcSettings(
-    max_frame_bytes=MAX_FRAME, handshake_timeout_s=5.0, max_in_flight_per_connection=256, secret="s3cret"
+    max_frame_bytes=MAX_FRAME, handshake_timeout_s=5.0, max_in_flight_per_connection=256,
+    credentials=Credentials(client_secret="s3cret"),
 )
 HOST = "127.0.0.1"
 WAIT = 10  # seconds; no single wait in these tests should come close
@@ -45,17 +47,21 @@ async def _big(params):
 ROUTER = {"echo": _echo, "sleep": _sleep, "invalid": _invalid, "boom": _boom, "big": _big}
 
 
-@pytest.fixture
-def start_server(nursery):
-    """Start a server in the test's nursery (cancelled when the test ends); returns its port."""
+def server_starter(nursery, router, default: RpcSettings):
+    """``start(settings, node_id)``: a server in the test's nursery (cancelled when the test ends); its port."""
 
-    async def start(settings: RpcSettings = SETTINGS, node_id: str = "n1") -> int:
+    async def start(settings: RpcSettings = default, node_id: str = "n1") -> int:
         listeners = await nursery.start(
-            partial(serve_rpc, ROUTER, node_id=node_id, host=HOST, port=0, settings=settings)
+            partial(serve_rpc, router, node_id=node_id, host=HOST, port=0, settings=settings)
         )
         return listeners[0].socket.getsockname()[1]
 
     return start
+
+
+@pytest.fixture
+def start_server(nursery):
+    return server_starter(nursery, ROUTER, SETTINGS)
 
 
 async def assert_server_works(port: int, settings: RpcSettings = SETTINGS) -> None:
@@ -111,8 +117,8 @@ async def raw_connect(port: int) -> RawConn:
     hello = await conn.receive()
     assert hello["hello"] == "n1" and hello["auth"] is False
     assert isinstance(hello["nonce"], bytes) and len(hello["nonce"]) == 16
-    await conn.send({"proof": b""})
-    assert await conn.receive() == {"welcome": "n1"}
+    await conn.send({"as": "client", "nonce": bytes(16), "proof": b""})
+    assert await conn.receive() == {"welcome": "n1", "proof": b""}
     return conn
 
 
@@ -373,7 +379,7 @@ async def test_silent_client_is_dropped_after_handshake_timeout(start_server):
 async def test_secret_is_required_and_checked(start_server):
     port = await start_server(SECRET_SETTINGS)
     with trio.fail_after(WAIT):
-        wrong = RpcSettings(MAX_FRAME, 5.0, 256, secret="wrong")
+        wrong = RpcSettings(MAX_FRAME, 5.0, 256, credentials=Credentials(client_secret="wrong"))
         with pytest.raises(Unauthorized, match="cluster secret was not proven"):
             async with open_rpc_client(HOST, port, settings=wrong):
                 pass  # pragma: no cover
@@ -390,7 +396,7 @@ async def test_raw_client_with_empty_proof_is_refused(start_server):
         conn = RawConn(await trio.open_tcp_stream(HOST, port))
         hello = await conn.receive()
         assert hello["auth"] is True
-        await conn.send({"proof": b""})
+        await conn.send({"as": "client", "nonce": bytes(16), "proof": b""})
         req_id, error, _ = await conn.receive()
         assert req_id == 0 and error["code"] == "unauthorized"
         await conn.expect_eof()

@@ -119,6 +119,22 @@ def test_a_refusal_still_moves_the_low_water():
     assert table.lookup(ref(s, 1, 1)) == ("expired", None)
 
 
+def test_a_session_runs_only_commands_within_its_low_water_window_and_forgets_no_result_to_make_room():
+    """A client that kept low_water at 1 grew its session's results without bound, on every replica."""
+    table = SessionTable(max_sessions=10, max_results_per_session=3)
+    s = table.open()
+    machine = Machine()
+    assert [table.run(ref(s, seq, 1), machine) for seq in (1, 2, 3)] == [ok(1), ok(2), ok(3)]
+    refusal = table.run(ref(s, 4, 1), machine)
+    assert refusal[0] == "err" and refusal[1]["code"] == "unavailable" and refusal[1]["maybe_applied"] is False
+    assert "max_results_per_session" in refusal[1]["message"]
+    assert table.run(ref(s, 1, 1), machine) == ok(1)  # every result it may still ask for is held
+    assert machine.applied == 3
+    assert table.run(ref(s, 4, 2), machine) == ok(4)  # its low water rose: the window moved, seq 4 runs once
+    assert set(table._sessions[s].results) == {2, 3, 4}  # noqa: SLF001 - memory bound is the point
+    assert table.run(ref(s, 4, 2), machine) == ok(4) and machine.applied == 4
+
+
 def test_seq_below_its_own_low_water_is_expired():
     table = SessionTable(max_sessions=10)
     s = table.open()

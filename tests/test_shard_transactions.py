@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from commit.errors import Conflict
-from commit.outcomes import ABORTED, COMMITTED, PREPARED
+from commit.outcomes import ABORTED, COMMITTED, PREPARED, UNKNOWN
 from commit.node.state_machines.shard import ABSENT, Cell, Lock, Prepared, ShardState
 from consensus.errors import InternalError
 
@@ -277,15 +277,16 @@ def test_commit_of_aborted_txid_raises_internal_error_without_side_effects():
     assert shard.read(b"a") == ABSENT
 
 
-def test_commit_of_unknown_txid_raises_internal_error_without_side_effects():
+def test_commit_of_a_txid_never_prepared_applies_nothing_and_fences_it_so_a_later_prepare_votes_no():
+    """A commit for a txid this shard never prepared answers ``unknown`` (the handler's ``not_prepared``),
+    which ends its coordinator's resending: before, it raised InternalError, which was resent for ever."""
     shard = ShardState()
-    before = snapshot(shard)
-    with pytest.raises(InternalError) as info:
+    assert shard.apply(("commit", T1)) == UNKNOWN
+    assert shard.state_of(T1) == ABORTED and shard.cells == {} and shard.write_counter == 0
+    assert is_no(prepare(shard, T1, writes=[(b"a", b"1")]))
+    assert shard.locks == {} and shard.prepared == {}
+    with pytest.raises(InternalError, match="aborted"):  # now it is known here: aborted, never committed
         shard.apply(("commit", T1))
-    assert "unknown" in info.value.message
-    assert info.value.maybe_applied is False
-    assert snapshot(shard) == before
-    assert shard.state_of(T1) is None
 
 
 def test_abort_of_committed_txid_raises_internal_error_without_side_effects():
@@ -476,14 +477,16 @@ def test_random_commands_keep_lock_invariants(data):
             else:
                 assert shard.state_of(txid) == ABORTED
         elif kind in ("commit", "abort"):
-            before = snapshot(shard)
+            before, known = snapshot(shard), shard.state_of(txid)
             try:
                 outcome = shard.apply((kind, txid))
             except InternalError:
                 assert snapshot(shard) == before  # maybe_applied=False must be true
             else:
-                assert outcome == (COMMITTED if kind == "commit" else ABORTED)
+                unknown_commit = kind == "commit" and known is None
+                assert outcome == (UNKNOWN if unknown_commit else COMMITTED if kind == "commit" else ABORTED)
                 assert txid not in shard.prepared
+                assert not unknown_commit or shard.state_of(txid) == ABORTED  # fenced, never prepared later
         elif kind == "refuse":
             state = shard.state_of(txid)
             answer = shard.apply(("refuse", txid))

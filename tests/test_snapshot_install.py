@@ -113,20 +113,20 @@ def journal_indexes(group: ReplicaGroup) -> list[int]:
 
 @contextmanager
 def recording_clears(group: ReplicaGroup) -> Iterator[list[int]]:
-    """The last index this replica's journal held each time PySyncObj cleared it (a snapshot install)."""
+    """The last index this replica's journal held each time it was reset to a snapshot (an install)."""
     journal = syncobj(group)._SyncObj__raftLog
     held: list[int] = []
-    original = journal.clear
+    original = journal.reset
 
-    def clear() -> None:
+    def reset(entries: list[tuple[bytes, int, int]]) -> None:
         held.append(journal[-1][1])
-        original()
+        original(entries)
 
-    journal.clear = clear
+    journal.reset = reset
     try:
         yield held
     finally:
-        del journal.clear
+        del journal.reset
 
 
 @contextmanager
@@ -222,14 +222,14 @@ async def test_a_follower_behind_the_leaders_log_start_still_installs_the_snapsh
         point = min(points)
         assert all(journal_indexes(g)[0] > 1 for g in r.groups.values())
         clears: list[int] = []  # recorded from before the restart: the install may come at once
-        original = SyncedFileJournal.clear
+        original = SyncedFileJournal.reset
 
-        def clear(journal: SyncedFileJournal) -> None:
+        def reset(journal: SyncedFileJournal, entries: list[tuple[bytes, int, int]]) -> None:
             if journal._path == str(tmp_path / lagging / "g.journal"):
                 clears.append(journal[-1][1])
-            original(journal)
+            original(journal, entries)
 
-        monkeypatch.setattr(SyncedFileJournal, "clear", clear)
+        monkeypatch.setattr(SyncedFileJournal, "reset", reset)
         group = r.start(lagging)  # its journal ends before the leader's log starts: only the snapshot helps
         await (await r.leader()).propose((40, 40))
         await wait_for(lambda: r.values(lagging).get(40) == 40, "the restarted replica to catch up")

@@ -23,6 +23,7 @@ from consensus.errors import (
     InternalError,
     InvalidRequest,
     NotLeader,
+    NotPrepared,
     SessionExpired,
     Timeout,
     Unauthorized,
@@ -180,7 +181,7 @@ def test_shard_of_in_range(key, shards):
 # -- errors ---------------------------------------------------------------------------
 
 ALL_ERRORS = [
-    InvalidRequest, Unauthorized, NotLeader, Unavailable, Timeout, SessionExpired, InternalError,
+    InvalidRequest, Unauthorized, NotLeader, Unavailable, Timeout, SessionExpired, NotPrepared, InternalError,
     Conflict, CommitUnknown,
 ]
 
@@ -272,33 +273,49 @@ def test_detail_key_named_self_does_not_crash():
 # -- auth -------------------------------------------------------------------------------
 
 
-def test_prove_is_deterministic_hmac_sha256():
-    nonce = bytes(range(16))
-    proof = auth.prove("s3cret", nonce, "n1")
+KEY = b"k" * 32
+
+
+def _proof(key: bytes = KEY, nonce: bytes = bytes(range(16)), theirs: bytes = bytes(16)) -> bytes:
+    return auth.prove(key, "to-server", "client", "n1", nonce, theirs)
+
+
+def test_prove_is_deterministic_hmac_sha256_over_every_bound_field():
+    proof = _proof()
     assert isinstance(proof, bytes) and len(proof) == 32
-    assert proof == auth.prove("s3cret", nonce, "n1")
-    assert proof == hmac.new(b"s3cret", nonce + b"n1", hashlib.sha256).digest()
+    assert proof == _proof()
+    message = b"\0".join((b"to-server", b"client", b"n1", bytes(range(16)), bytes(16)))
+    assert proof == hmac.new(KEY, message, hashlib.sha256).digest()
 
 
 def test_verify_accepts_only_the_right_proof():
-    nonce = auth.new_nonce()
-    proof = auth.prove("s3cret", nonce, "n1")
-    assert auth.verify("s3cret", nonce, "n1", proof)
-    assert not auth.verify("other", nonce, "n1", proof)  # wrong secret
-    assert not auth.verify("s3cret", auth.new_nonce(), "n1", proof)  # replay on another connection
-    assert not auth.verify("s3cret", nonce, "n2", proof)  # replay to another node
-    assert not auth.verify("s3cret", nonce, "n1", proof[:-1])
-    assert not auth.verify("s3cret", nonce, "n1", b"")
+    nonce, theirs = auth.new_nonce(), auth.new_nonce()
+    proof = _proof(nonce=nonce, theirs=theirs)
+    assert auth.verify(KEY, "to-server", "client", "n1", nonce, theirs, proof)
+    assert not auth.verify(b"other", "to-server", "client", "n1", nonce, theirs, proof)  # wrong key
+    assert not auth.verify(KEY, "to-server", "client", "n1", auth.new_nonce(), theirs, proof)  # another connection
+    assert not auth.verify(KEY, "to-server", "client", "n2", nonce, theirs, proof)  # another node
+    assert not auth.verify(KEY, "to-client", "client", "n1", nonce, theirs, proof)  # reflected back
+    assert not auth.verify(KEY, "to-server", "client", "n1", nonce, theirs, proof[:-1])
+    assert not auth.verify(KEY, "to-server", "client", "n1", nonce, theirs, b"")
 
 
 @pytest.mark.parametrize("proof", [None, "", 0, [], bytearray(32)])
 def test_verify_rejects_non_bytes_proofs(proof):
-    assert auth.verify("s3cret", b"n" * 16, "n1", proof) is False
+    assert auth.verify(KEY, "to-server", "client", "n1", b"n" * 16, bytes(16), proof) is False
 
 
 def test_verify_rejects_bytearray_even_if_correct():
     nonce = auth.new_nonce()
-    assert not auth.verify("s", nonce, "n1", bytearray(auth.prove("s", nonce, "n1")))
+    proof = bytearray(_proof(nonce=nonce))
+    assert not auth.verify(KEY, "to-server", "client", "n1", nonce, bytes(16), proof)
+
+
+def test_node_keys_differ_per_node_and_from_the_client_secret():
+    credentials = auth.Credentials(client_secret="c", peer_secret="p")
+    keys = {credentials.key_for(claim) for claim in ("client", "n1", "n2")}
+    assert len(keys) == 3 and None not in keys
+    assert auth.Credentials(client_secret="c").key_for("n1") is None  # a client cannot make a node key
 
 
 def test_nonces_are_fresh():

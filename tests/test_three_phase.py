@@ -196,9 +196,9 @@ async def test_messages_and_forced_writes_match_the_formulas(three_cluster: Loca
 
 @asynccontextmanager
 async def connection(cluster: LocalCluster, node_id: str) -> AsyncIterator[RpcClient]:
-    """One RPC connection to one node, so that many calls fit in a participant's quiet period."""
+    """One RPC connection to one node, as the 3pc coordinator node, so that many calls fit in a quiet period."""
     node = cluster.config.node(node_id)
-    async with open_rpc_client(node.host, node.rpc_port, settings=cluster.config.rpc_settings(),
+    async with open_rpc_client(node.host, node.rpc_port, settings=cluster.config.rpc_settings(COORDINATOR),
                                expect_node=node_id) as conn:
         yield conn
 
@@ -217,7 +217,7 @@ def bad_requests(txid: str, shard: str) -> list[tuple[str, dict[str, Any], str]]
             if round_ is None:
                 del params["round"]
             cases.append((method, params, "round must be"))
-        cases.append((method, dict(base, txid=other), "not a 3pc transaction"))
+        cases.append((method, dict(base, txid=other), "not a message of 2pc transactions"))
         cases.append((method, dict(base, txid="3pc:nothex"), "malformed txid"))
         cases.append((method, dict(base, txid=7), "malformed txid"))
         cases.append((method, dict(base, shard="shard-99"), "unknown shard"))

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from commit.node import decision_log as txlog
 from commit.node.decision_log import DecisionLog, LoggedDecision
 from commit.protocols.registry import ONE_PHASE
 from commit.txids import are_participants_of, authority_of, check_participants, check_txid, new_txid, protocol_of
@@ -70,7 +69,7 @@ def test_decide_fsyncs_the_record_after_writing_it(log_path, monkeypatch):
         synced.append(log_path.read_bytes())  # what the OS holds when fsync is asked
         real_fsync(fd)
 
-    monkeypatch.setattr(txlog.os, "fsync", fake_fsync)
+    monkeypatch.setattr(os, "fsync", fake_fsync)
     try:
         log.decide(A, "committed", PARTS)
         assert len(synced) == 1

@@ -8,6 +8,14 @@
 
 Paxos Commit needs no store: its acceptors hold the outcome. 3PC keeps none: its participants' states are
 the whole record.
+
+Presumed abort (Mohan, Lindsay & Obermarck, "Transaction Management in the R* Distributed Database
+Management System", ACM TODS 11(4), 1986): a coordinator with no record of a transaction answers
+"aborted", and must then never commit it. ``RaftStore`` fences such a txid in the coordinator group (a
+bounded, replicated table). ``LocalLogStore`` keeps no fence of its own: its ``status`` says None for a
+txid it has no record of, and the transaction manager asks the participants, who fence it themselves, or,
+when every one of them prepared it, makes the abort durable with ``decide``. Either way the fence outlives
+a restart of the coordinator, and a question about a txid nobody ran costs the log nothing.
 """
 
 from __future__ import annotations
@@ -18,7 +26,8 @@ import trio
 
 from commit.node.decision_log import DecisionLog
 from commit.node.state_machines.coordinator_group import CoordinatorState
-from commit.outcomes import ABORTED, PENDING
+from commit.outcomes import ABORTED, COMMITTED, PENDING
+from consensus.errors import StorageUnavailable
 from consensus.group import ReplicaGroup
 
 
@@ -29,7 +38,11 @@ class DecisionStore(Protocol):
 
     async def finish(self, txid: str) -> None: ...
 
-    async def status(self, txid: str, active: bool) -> str: ...
+    async def status(self, txid: str, active: bool) -> str | None:
+        """The outcome, ``pending``, or None: no record here and no core drives it (ask the participants)."""
+
+    def outcome_of(self, txid: str) -> str | None:
+        """The decided outcome in this node's copy of the store, read without writing anything."""
 
     def recorded_participants(self, txid: str) -> tuple[str, ...] | None: ...
 
@@ -37,27 +50,46 @@ class DecisionStore(Protocol):
 class LocalLogStore:
     def __init__(self, decision_log: DecisionLog) -> None:
         self.log = decision_log
-        self.presumed_aborted: set[str] = set()
+        self._deciding: dict[str, trio.Event] = {}
 
     async def begin(self, txid: str, participants: tuple[str, ...]) -> str | None:
         return None
 
     async def decide(self, txid: str, outcome: str, participants: tuple[str, ...]) -> str:
-        if txid in self.presumed_aborted:
-            return ABORTED
-        return await trio.to_thread.run_sync(self.log.decide, txid, outcome, participants)
+        """Force the decision to the log; the first one logged wins.
+
+        A core and a status question may decide one txid at once, and the log's check for an earlier
+        decision and its append run in a thread: the second waits for the first instead of racing it.
+        """
+        while (deciding := self._deciding.get(txid)) is not None:
+            await deciding.wait()
+        logged = self.outcome_of(txid)
+        if logged is not None:
+            return logged
+        done = self._deciding[txid] = trio.Event()
+        try:
+            return await trio.to_thread.run_sync(self.log.decide, txid, outcome, participants)
+        finally:
+            del self._deciding[txid]
+            done.set()
 
     async def finish(self, txid: str) -> None:
         self.log.finish(txid)
 
-    async def status(self, txid: str, active: bool) -> str:
-        logged = self.log.decisions.get(txid)
+    async def status(self, txid: str, active: bool) -> str | None:
+        logged = self.outcome_of(txid)
         if logged is not None:
-            return logged.outcome
+            return logged
         if active:
             return PENDING
-        self.presumed_aborted.add(txid)  # never decide commit for it from now on
-        return ABORTED
+        if not self.log.intact():  # a failed decision stayed in the file: the restart may read it as made
+            raise StorageUnavailable(f"{txid}: {self.log.path}: {self.log.problem()}; "
+                                     "no transaction is presumed aborted until then")
+        return None
+
+    def outcome_of(self, txid: str) -> str | None:
+        logged = self.log.decisions.get(txid)
+        return logged.outcome if logged is not None else None
 
     def recorded_participants(self, txid: str) -> tuple[str, ...] | None:
         return None  # nothing is recorded before the decision: an undecided txid is presumed aborted
@@ -77,8 +109,14 @@ class RaftStore:
     async def finish(self, txid: str) -> None:
         await self.group.propose(("finish", txid))
 
-    async def status(self, txid: str, active: bool) -> str:
+    async def status(self, txid: str, active: bool) -> str | None:
         return await self.group.propose(("fence", txid))
+
+    def outcome_of(self, txid: str) -> str | None:
+        machine = self.group.machine
+        assert isinstance(machine, CoordinatorState)
+        outcome = machine.outcome_of(txid)
+        return outcome if outcome in (COMMITTED, ABORTED) else None
 
     def recorded_participants(self, txid: str) -> tuple[str, ...] | None:
         """The participants of txid's begin record, if it is still in flight here (after a status question)."""

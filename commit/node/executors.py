@@ -21,7 +21,7 @@ from commit.protocols import paxos_commit as pc
 from commit.protocols import three_phase as three
 from commit.protocols import two_phase as tp
 from commit.protocols.events import Acked, Finished, Reply, SendDecision, SendPrepare, Vote
-from consensus.errors import ClusterError, Unavailable
+from consensus.errors import ClusterError, NotPrepared, Unavailable
 from consensus.paxos import ballot_of
 
 if TYPE_CHECKING:
@@ -124,9 +124,20 @@ class NodeExecutors:
         run.tasks.start_soon(self._decide, run, effect.participant, effect.outcome)
 
     async def _decide(self, run: ActiveTxn, shard: str, outcome: str) -> None:
+        """One decision message; acknowledged by the shard's answer, or by its ``not_prepared``.
+
+        Only a commit gets ``not_prepared`` (an abort of a txid a shard never prepared is presumed abort's
+        own case: the shard records it aborted and acknowledges). A shard that never prepared txid can be
+        sent a commit only if the decision is no real one (every participant voted YES before any commit
+        was decided) or it committed the transaction and then forgot it; either way nothing is left for it
+        to apply, and it has fenced txid (a later PREPARE votes NO), so the decision is not sent again.
+        Any other error is retried at the next resend.
+        """
         with trio.move_on_after(self.m.resend_s):
             try:
                 await self.m.peers.decide(shard, run.txid, outcome, run.hop + 1)
+            except NotPrepared as exc:
+                log.warning("%s: %s refused by %s, which never prepared it: %s", run.txid, outcome, shard, exc)
             except ClusterError as exc:
                 log.info("%s: %s not acknowledged by %s: %s", run.txid, outcome, shard, exc)
                 return

@@ -70,7 +70,7 @@ class PaxosNode:
     def send_vote(self, txid: str, shard: str, value: str, reason: str, participants: tuple[str, ...],
                   leader: str, fast: bool, hop: int) -> None:
         params = {"txid": txid, "shard": shard, "value": value, "participants": list(participants),
-                  "leader": leader, "fast": fast, "hop": hop}
+                  "leader": leader, "hop": hop}
         if value == ABORTED:
             params["reason"] = reason
         for acceptor in self.acceptor_ids:

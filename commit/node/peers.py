@@ -13,9 +13,12 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
+import trio
+
 from commit.node.tracing import Tracer
 from commit.outcomes import COMMITTED, PREPARED
 from commit.status import shard_state
+from consensus.errors import ClusterError
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +53,24 @@ class Peers:
         params = {"txid": txid, "shard": shard, **payload, **meta}
         reply = await self.call_group_traced(shard, "shard.prepare", params, "prepare", meta["hop"])
         return reply["vote"] == "yes", reply.get("reason", "")
+
+    async def participant_states(self, txid: str, participants: tuple[str, ...], timeout_s: float) -> dict[str, str]:
+        """Each participant's state for txid, asked at once (``shard.query``: a shard that never prepared txid
+        records it aborted before it answers, so it never will prepare it); one that does not answer within
+        ``timeout_s`` is left out."""
+        states: dict[str, str] = {}
+
+        async def ask(shard: str) -> None:
+            with trio.move_on_after(timeout_s):
+                try:
+                    states[shard] = await shard_state(self.db, shard, txid)
+                except ClusterError as exc:
+                    log.info("%s: %s did not say its state: %s", txid, shard, exc)
+
+        async with trio.open_nursery() as nursery:
+            for shard in participants:
+                nursery.start_soon(ask, shard)
+        return states
 
     async def decide(self, shard: str, txid: str, outcome: str, hop: int) -> None:
         params = {"txid": txid, "shard": shard, "outcome": outcome}

@@ -20,7 +20,7 @@ from functools import partial
 import trio
 
 from commit.client import connect
-from commit.config import COORDINATOR_GROUP, ClusterConfig, Limits
+from commit.config import COORDINATOR_GROUP, ClusterConfig, ConfigError, Limits
 from commit.node.decision_log import DecisionLog
 from commit.node.decision_stores import LocalLogStore, RaftStore
 from commit.node.faults import LinkFaults
@@ -34,6 +34,7 @@ from commit.node.state_machines.coordinator_group import CoordinatorState
 from commit.node.state_machines.shard import ShardState
 from commit.node.tracing import Tracer
 from commit.node.transaction_manager import PaxosSetup, TransactionManager, recover_in_flight
+from commit.outcomes import ABORTED, PREPARED
 from commit.protocols.registry import PROTOCOLS, Coordinator, DecisionStore, ProtocolSpec
 from consensus.acceptor import Acceptor
 from consensus.errors import ClusterError
@@ -74,6 +75,9 @@ async def serve_node(
 ) -> None:
     """Run node ``node_id`` until cancelled; the replicas stop cleanly on the way out."""
     node = config.node(node_id)
+    if config.secret is None or config.peer_secret is None:
+        raise ConfigError(f"{config.path}: node {node_id} has no cluster secrets; it never serves "
+                          "unauthenticated ports (start it with node.py, which makes them: commit.credentials)")
     config.node_dir(node_id).mkdir(parents=True, exist_ok=True)
     token = trio.lowlevel.current_trio_token()
     specs = [(spec, _machine_for(spec.name, config.limits)) for spec in config.group_specs(node_id)]
@@ -83,7 +87,7 @@ async def serve_node(
     tracer = Tracer(node_id, config.limits.max_traced_transactions)
     acceptors = config.coordinator_members
     with open_replica_groups(specs, token) as groups:
-        async with connect(config) as peer_db, trio.open_nursery() as nursery:
+        async with connect(config, as_node=node_id) as peer_db, trio.open_nursery() as nursery:
             if faults.enabled:
                 peer_db.lose = faults.lost  # this node's outgoing node-to-node messages only
             peers = Peers(peer_db, tracer)
@@ -101,7 +105,8 @@ async def serve_node(
             coord = groups.get(COORDINATOR_GROUP)
             acceptor = None
             if coord is not None:
-                acceptor = Acceptor(node_id, config.node_dir(node_id) / "acceptor.log", config.durability)
+                acceptor = Acceptor(node_id, config.node_dir(node_id) / "acceptor.log", config.durability,
+                                    values=(PREPARED, ABORTED))  # a Paxos Commit instance's values
             for spec in PROTOCOLS.values():
                 here = {Coordinator.GROUP: coord is not None, Coordinator.NODE: node_id == config.twopc_coordinator}
                 if not here.get(spec.coordinator, False):
@@ -138,7 +143,7 @@ async def serve_node(
             await nursery.start(
                 partial(
                     serve_rpc, node_routes(parts), node_id=node_id, host=node.host,
-                    port=node.rpc_port, settings=config.rpc_settings(),
+                    port=node.rpc_port, settings=config.rpc_settings(as_node=node_id),
                 )
             )
             log.info(

@@ -10,6 +10,7 @@ bundles, arrive through ``deliver``.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import logging
 from collections import Counter
@@ -17,6 +18,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import msgpack
 import trio
 
 from commit.node.decision_stores import DecisionStore
@@ -26,19 +28,25 @@ from commit.node.hooks import FaultHooks
 from commit.node.peers import Peers
 from commit.node.state_machines.coordinator_group import CoordinatorState
 from commit.node.tracing import Tracer
-from commit.outcomes import ABORTED, PENDING
+from commit.outcomes import ABORTED, COMMITTED, PENDING, PREPARED
 from commit.protocols import paxos_commit as pc
 from commit.protocols import three_phase as three
 from commit.protocols import two_phase as tp
 from commit.protocols.events import Start
 from commit.protocols.registry import CoreContext, ProtocolSpec
-from commit.status import participants_know
 from consensus.bounded import BoundedTable
 from consensus.errors import InvalidRequest
 from consensus.group import ReplicaGroup
 from consensus.paxos import Ballot
 
 log = logging.getLogger(__name__)
+
+
+def _fingerprint(payloads: dict[str, dict[str, Any]]) -> str:
+    """A digest of a commit's reads and writes per participant, to tell a resend from another transaction."""
+    canonical = [[shard, payloads[shard]["reads"], payloads[shard]["writes"]] for shard in sorted(payloads)]
+    return hashlib.blake2b(msgpack.packb(canonical, use_bin_type=True), digest_size=16).hexdigest()
+
 
 class _Reply:
     def __init__(self) -> None:
@@ -110,6 +118,7 @@ class TransactionManager:
         self.active: dict[str, ActiveTxn] = {}
         self.outcomes: Counter[str] = Counter()
         self.decided: BoundedTable[str, str] = BoundedTable(max_remembered)  # store-less protocols: a cache
+        self.fingerprints: BoundedTable[str, str] = BoundedTable(max_remembered)  # txid -> its reads and writes
         self._ballot_counter = itertools.count(1)
 
     def _ballots(self, term: int) -> Iterator[Ballot]:
@@ -137,35 +146,78 @@ class TransactionManager:
         The outcome is None when this coordinator stopped before deciding (a store write that did not
         become durable in time, a transaction handed over to a later leader, a core's protocol error):
         it may still commit.
+
+        A commit of a txid this coordinator already knows is the client's resend, and never starts the
+        protocol over: it waits for the run in progress, is answered the decided outcome (no decision is
+        sent again), or resumes an in-flight record from the record alone (its participants' votes, never
+        this request's writes). Its reads and writes must be those the txid was first committed with here
+        (``fingerprints``): a txid names one transaction, and answering a resend with other writes the
+        first outcome would claim writes that were never applied (InvalidRequest).
         """
+        fingerprint = _fingerprint(payloads)
+        first = self.fingerprints.get(txid)
+        if first is not None and first != fingerprint:
+            raise InvalidRequest(f"{txid} was committed here with other reads and writes: a txid names one "
+                                 f"transaction, so a resend must carry the same ones")
         active = self.active.get(txid)
         if active is None:
-            known = self.decided.get(txid)
+            known = self.store.outcome_of(txid) if self.store is not None else self.decided.get(txid)
             if known is not None:
                 return known, ""
-            if txid in getattr(self.store, "presumed_aborted", ()):
-                return ABORTED, "the coordinator already presumed this transaction aborted"
-            active = self._launch(txid, tuple(sorted(payloads)), payloads, None)
+            recorded = self.store.recorded_participants(txid) if self.store is not None else None
+            if recorded is not None:
+                active = self.resume(txid, recorded, None)
+            else:
+                self.fingerprints.remember(txid, fingerprint)
+                active = self._launch(txid, tuple(sorted(payloads)), payloads, None)
         await active.reply.done.wait()
         return active.reply.outcome, active.reply.reason
 
     async def status(self, txid: str, participants: tuple[str, ...] = ()) -> str:
-        """What this coordinator knows of txid; ``participants`` are txid's own (the caller checked them)."""
+        """What this coordinator knows of txid; ``participants`` are txid's own (the caller checked them).
+
+        A txid that no core here drives and no record here names is asked of its participants first
+        (``Peers.participant_states``): a participant that decided it gives the answer, and one that never
+        prepared it records it aborted before it answers, so it never will, and "aborted" is then final.
+        A question about a txid nobody ran thus costs this coordinator and the acceptors nothing to
+        remember, however many are asked. The protocol's own rule runs only for a transaction a
+        participant is still prepared for (or that one did not answer about): presumed abort, forced to
+        the 2pc log when no participant's fence decides it already, so that a restarted coordinator still
+        answers it and never commits it (Mohan, Lindsay & Obermarck, "Transaction Management in the R*
+        Distributed Database Management System", 1986); recovery from the acceptors for Paxos Commit,
+        which also tells the prepared participants (Gray & Lamport 2006, section 4). 3PC keeps no record,
+        so its participants' word is the whole answer; the coordinator group's ``fence`` (raft-2pc) is
+        replicated and bounded, and needs no participant. Without the participants there is nothing to
+        ask or recover: ``pending``.
+        """
         active = self.active.get(txid)
+        running = active is not None and active.reply.outcome is None
         if self.store is not None:
-            outcome = await self.store.status(txid, active=active is not None and active.reply.outcome is None)
+            outcome = await self.store.status(txid, active=running)
             recorded = self.store.recorded_participants(txid) if outcome == PENDING and active is None else None
             if recorded is not None:
                 self.resume(txid, recorded, None)  # a begin record nobody drives (its coordinator stopped)
-            return outcome
-        if active is not None:
+            if outcome is not None:
+                return outcome
+        elif active is not None:
             return active.reply.outcome or PENDING
         known = self.decided.get(txid)
         if known is not None or not participants:
-            return known or PENDING  # without the participants there is no instance to recover
+            return known or PENDING
+        states = await self.peers.participant_states(txid, participants, self.vote_timeout_s)
+        decided = next((o for o in (COMMITTED, ABORTED) if o in states.values()), None)
+        in_doubt = len(states) < len(participants) or PREPARED in states.values()
         if self.spec is not None and self.spec.participants_terminate:
-            return await participants_know(self.peers.db, txid, participants, self.vote_timeout_s)
-        active = self._launch(txid, participants, None, pc.Recover(now=trio.current_time()))
+            return decided or PENDING
+        if self.store is not None:
+            # presumed abort: forced to the log only when no participant's fence already makes it final
+            return decided or await self.store.decide(txid, ABORTED, participants)
+        if not in_doubt:
+            return decided or PENDING
+        # a participant waits on it: recover it from the acceptors, which also tells every participant
+        active = self.active.get(txid) or self._launch(txid, participants, None, pc.Recover(now=trio.current_time()))
+        if decided is not None:
+            return decided
         with trio.move_on_after(self.persist_timeout_s):
             await active.reply.done.wait()
         return active.reply.outcome or PENDING
@@ -178,10 +230,10 @@ class TransactionManager:
         self._start(ActiveTxn(txid, core, None, 0), Start(now=trio.current_time()))
         return True
 
-    def resume(self, txid: str, participants: tuple[str, ...], outcome: str | None) -> None:
+    def resume(self, txid: str, participants: tuple[str, ...], outcome: str | None) -> ActiveTxn:
         """Finish a transaction this node found unfinished in durable state (after a crash or failover)."""
-        if txid not in self.active:
-            self._launch(txid, participants, None, tp.Recover(now=trio.current_time(), outcome=outcome))
+        return self.active.get(txid) or self._launch(
+            txid, participants, None, tp.Recover(now=trio.current_time(), outcome=outcome))
 
     def deliver(self, txid: str, event: pc.Phase2b, hop: int, reasons: dict[str, str]) -> None:
         """A Paxos 2b bundle for txid, with the NO voters' reasons it carried; dropped if no core runs it here.

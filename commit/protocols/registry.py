@@ -117,3 +117,58 @@ NAMES = tuple(PROTOCOLS)
 def spec(name: str) -> ProtocolSpec:
     """The spec of a protocol a user or a txid names; KeyError if there is none."""
     return ONE_PHASE if name == ONE_PHASE.name else PROTOCOLS[name]
+
+
+def _any(spec: ProtocolSpec) -> bool:
+    return True
+
+
+def _one_phase(spec: ProtocolSpec) -> bool:
+    return spec.coordinator is Coordinator.SHARD
+
+
+def _multi_shard(spec: ProtocolSpec) -> bool:
+    return spec.coordinator is not Coordinator.SHARD
+
+
+def _with_acceptors(spec: ProtocolSpec) -> bool:
+    return spec.acceptors
+
+
+def _fast(spec: ProtocolSpec) -> bool:
+    return spec.fast
+
+
+def _terminated_by_participants(spec: ProtocolSpec) -> bool:
+    return spec.participants_terminate
+
+
+# The RPC methods that are about one transaction, and which transactions each is about: the messages a
+# protocol sends are the only ones its txids may come with. A one-phase txid has no PREPARE and no
+# decision (its shard decides it in ``txn.commit_one``), so a ``shard.prepare`` for one could only lock keys
+# that nobody will ever release; only Paxos Commit has acceptors and ballots (Gray & Lamport, "Consensus on
+# Transaction Commit", 2006, section 4), so a 2b for a 2PC txid would end its core with a ProtocolError;
+# only 3PC has termination rounds. ``commit.node.handlers.params.ParamChecks.txid`` refuses anything else
+# with ``invalid_request``, at the edge.
+TXID_METHODS: dict[str, Callable[[ProtocolSpec], bool]] = {
+    "txn.commit": _multi_shard,
+    "txn.commit_one": _one_phase,
+    "txn.status": _multi_shard,
+    "shard.prepare": _multi_shard,
+    "shard.decide": _multi_shard,
+    "shard.query": _any,
+    "shard.inspect": _any,
+    "3pc.join": _terminated_by_participants,
+    "3pc.move": _terminated_by_participants,
+    "paxos.phase2a": _with_acceptors,
+    "paxos.phase2b": _with_acceptors,
+    "paxos.phase1a": _with_acceptors,
+    "paxos.accept": _with_acceptors,
+    "paxos.learn": _fast,
+    "node.trace": _any,
+}
+
+
+def sends(spec: ProtocolSpec, method: str) -> bool:
+    """Whether a transaction of ``spec`` ever comes with RPC ``method`` (KeyError: a method about no txid)."""
+    return TXID_METHODS[method](spec)

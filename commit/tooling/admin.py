@@ -22,12 +22,17 @@ IN_DOUBT_COLUMNS = ("node", "txid", "protocol", "participants", "state", "age_s"
 COUNTER_COLUMNS = ("node", "counter", "count")
 
 
-async def node_call(config: ClusterConfig, node_id: str, method: str, params: dict[str, Any]) -> Any:
-    """One RPC to one node; raises ClusterError or trio.TooSlowError."""
+async def node_call(
+    config: ClusterConfig, node_id: str, method: str, params: dict[str, Any], *, as_node: str | None = None
+) -> Any:
+    """One RPC to one node, as a client (or, for tests of node-to-node messages, as node ``as_node``).
+
+    Raises ClusterError or trio.TooSlowError.
+    """
     node = config.node(node_id)
     with trio.fail_after(config.timeouts.connect_s + config.timeouts.request_s):
         async with open_rpc_client(
-            node.host, node.rpc_port, settings=config.rpc_settings(), expect_node=node_id
+            node.host, node.rpc_port, settings=config.rpc_settings(as_node), expect_node=node_id
         ) as conn:
             return await conn.call(method, params)
 

@@ -148,7 +148,7 @@ class LocalCluster:
         self.config_path.write_text(
             render_config(self.root / "data", self.node_ids, base, shards=self.shards, **self.options)
         )
-        self.config: ClusterConfig = load_config(self.config_path)
+        self.config: ClusterConfig = load_config(self.config_path).with_secrets()
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
 
     def start(self, node_id: str) -> None:
@@ -206,8 +206,9 @@ class LocalCluster:
         rows = await self.status()
         return {r["group"]: r["node"] for r in rows if r.get("reachable") and r.get("role") == "leader"}
 
-    async def call(self, node_id: str, method: str, params: dict[str, Any]) -> Any:
-        return await node_call(self.config, node_id, method, params)
+    async def call(self, node_id: str, method: str, params: dict[str, Any], *, as_node: str | None = None) -> Any:
+        """One RPC to ``node_id``, as a client, or as node ``as_node`` (proving its key)."""
+        return await node_call(self.config, node_id, method, params, as_node=as_node)
 
     # -- fault injection (needs transactions.fault_hooks; RPC traffic only, never Raft: see commit.faults) --
 

@@ -7,6 +7,11 @@
     operator      node.status, node.trace, node.compact, coord.epoch
     testing       test.hold, test.transfer_leader, test.fault   (only with transactions.fault_hooks)
 
+The participants' and Paxos methods are sent by nodes only (``NODE_METHODS``):
+a caller that proved only the client secret is refused them with
+``unauthorized`` (``consensus.auth``: a client is not a node), and the node id
+a peer proved is the one its messages are checked against.
+
 Each module's docstring lists its methods' parameters and results. Every
 parameter is checked at the edge (``params``), before anything is proposed: a
 wrong type or size is ``invalid_request`` and changes nothing. A request for a
@@ -15,6 +20,8 @@ group this node does not lead is ``not_leader`` with the leader's id.
 
 from __future__ import annotations
 
+from typing import Any
+
 from commit.node.handlers.base import Handler, NodeParts
 from commit.node.handlers.kv import KeyValue
 from commit.node.handlers.operator import Operator
@@ -22,6 +29,23 @@ from commit.node.handlers.participants import Participants
 from commit.node.handlers.paxos import PaxosMessages
 from commit.node.handlers.testing import Testing
 from commit.node.handlers.transactions import Transactions
+from consensus.errors import Unauthorized
+from consensus.rpc import current_caller
+
+
+NODE_METHODS = frozenset({
+    "shard.prepare", "shard.decide", "3pc.join", "3pc.move",
+    "paxos.phase2a", "paxos.phase2b", "paxos.learn", "paxos.phase1a", "paxos.accept",
+})
+
+
+def _for_nodes_only(method: str, handler: Handler) -> Handler:
+    async def checked(params: dict[str, Any]) -> Any:
+        if not current_caller().is_node:
+            raise Unauthorized(f"{method} is sent by nodes only; this connection proved the client secret")
+        return await handler(params)
+
+    return checked
 
 
 def node_routes(node: NodeParts) -> dict[str, Handler]:
@@ -31,7 +55,7 @@ def node_routes(node: NodeParts) -> dict[str, Handler]:
         routes |= handlers.routes()
     testing = Testing(node, methods=routes.keys())
     routes |= testing.routes()
-    return routes
+    return {method: _for_nodes_only(method, h) if method in NODE_METHODS else h for method, h in routes.items()}
 
 
 __all__ = ["NodeParts", "node_routes"]

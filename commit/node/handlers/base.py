@@ -27,9 +27,10 @@ from commit.node.transaction_manager import TransactionManager
 from commit.outcomes import ABORTED, COMMITTED
 from commit.protocols.registry import Coordinator
 from commit.routing import shard_of
-from commit.txids import check_txid, protocol_of
-from consensus.errors import InvalidRequest, NotLeader, Timeout
+from commit.txids import protocol_of
+from consensus.errors import InvalidRequest, NotLeader, Timeout, Unauthorized
 from consensus.group import ReplicaGroup
+from consensus.rpc import current_caller
 from consensus.sessions import SessionRef
 
 Handler = Callable[[dict[str, Any]], Awaitable[Any]]
@@ -53,15 +54,26 @@ class NodeParts:
 
 
 class Handlers:
-    """One concern's RPC methods; ``routes`` names them for the RPC server."""
+    """One concern's RPC methods (``methods``); ``routes`` names them for the RPC server."""
 
     def __init__(self, node: NodeParts) -> None:
         self.node = node
         self.config = node.config
         self.check = ParamChecks(node.config)
 
-    def routes(self) -> dict[str, Handler]:
+    def methods(self) -> dict[str, Handler]:
         raise NotImplementedError
+
+    def routes(self) -> dict[str, Handler]:
+        """``methods``, each checking the shape of the whole request before it reads any parameter."""
+        return {name: self._shaped(handler) for name, handler in self.methods().items()}
+
+    def _shaped(self, handler: Handler) -> Handler:
+        async def shaped(params: dict[str, Any]) -> Any:
+            self.check.shape(params)
+            return await handler(params)
+
+        return shaped
 
     def leading(self, name: str) -> ReplicaGroup:
         group = self.node.groups.get(name)
@@ -74,9 +86,9 @@ class Handlers:
     def shard_for(self, key: bytes) -> ReplicaGroup:
         return self.leading(shard_group(shard_of(key, self.config.shard_count)))
 
-    def participant(self, params: dict[str, Any]) -> tuple[str, ReplicaGroup]:
-        """The txid and the led shard a participant-side request is for."""
-        txid = check_txid(params.get("txid"))
+    def participant(self, params: dict[str, Any], method: str) -> tuple[str, ReplicaGroup]:
+        """The txid and the led shard a participant-side request ``method`` is for."""
+        txid = self.check.txid(params, method)
         return txid, self.leading(self.check.shard_name(params.get("shard")))
 
     def manager(self, txid: str) -> TransactionManager:
@@ -91,6 +103,26 @@ class Handlers:
         if manager is None:
             raise InvalidRequest(f"{txid} is not a transaction this node coordinates")
         return manager
+
+    def sent_by(self, claimed: Any, role: str) -> str:
+        """The node a message says it comes from (a leader, an acceptor): the node the connection proved.
+
+        Node-to-node messages come only from nodes (``NODE_METHODS``), each bound to the node id whose key
+        it proved (``consensus.auth``), so no node speaks for another: an acceptor's vote counts once.
+        """
+        node_id = self.check.node_id(claimed, role)
+        caller = current_caller().node_id
+        if node_id != caller:
+            raise Unauthorized(f"{role} {node_id!r} is not the node that sent this ({caller})")
+        return node_id
+
+    def sent_by_member_of(self, group: str, role: str) -> str:
+        """The calling node, which must replicate ``group`` (a participant's vote comes from its shard)."""
+        caller = current_caller().node_id
+        members = next((g.members for g in self.config.groups() if g.name == group), ())
+        if caller not in members:
+            raise Unauthorized(f"{role} of {group} must come from one of its replicas {members}, not {caller}")
+        return caller
 
     async def within_request_timeout(self, what: str, work: Callable[[], Awaitable[Any]], maybe_applied: bool) -> Any:
         request_s = self.config.timeouts.request_s

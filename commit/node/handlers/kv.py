@@ -28,7 +28,7 @@ LOCK_POLL_S = 0.002
 
 
 class KeyValue(Handlers):
-    def routes(self) -> dict[str, Handler]:
+    def methods(self) -> dict[str, Handler]:
         return {"kv.get": self.get, "kv.put": self.put, "kv.delete": self.delete, "session.open": self.open_session}
 
     async def get(self, params: dict[str, Any]) -> dict[str, Any]:

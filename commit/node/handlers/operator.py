@@ -17,12 +17,12 @@ from commit.node.handlers.base import Handler, Handlers
 from commit.node.handlers.params import session_of
 from commit.node.state_machines.coordinator_group import CoordinatorState
 from commit.node.state_machines.shard import ShardState
+from commit.node.storage import storage_problems
 from commit.protocols.registry import ONE_PHASE
-from commit.txids import check_txid
 
 
 class Operator(Handlers):
-    def routes(self) -> dict[str, Handler]:
+    def methods(self) -> dict[str, Handler]:
         return {"node.status": self.status, "node.trace": self.trace, "node.compact": self.compact,
                 "coord.epoch": self.epoch}
 
@@ -50,12 +50,15 @@ class Operator(Handlers):
                     "3pc_participant": node.silence.counts()}
         status: dict[str, Any] = {"node": node.node_id, "groups": rows, "transactions": transactions,
                                   "in_doubt": in_doubt, "counters": counters}
+        storage = storage_problems(node.managers.values(), node.paxos.acceptor)
+        if storage:
+            status["storage"] = storage
         if node.faults.active():
             status["faults"] = node.faults.describe()
         return status
 
     async def trace(self, params: dict[str, Any]) -> dict[str, Any]:
-        return {"events": self.node.tracer.of(check_txid(params.get("txid")))}
+        return {"events": self.node.tracer.of(self.check.txid(params, "node.trace"))}
 
     async def compact(self, params: dict[str, Any]) -> dict[str, Any]:
         for group in self.node.groups.values():

@@ -1,8 +1,10 @@
 """Checks on request parameters, at the edge, before anything is proposed.
 
 Every byte a request carries is hostile until one of these has looked at it: a
-wrong type, size or name is ``invalid_request`` and changes nothing. The checks
-need only the cluster's configuration, so every handler module shares one.
+wrong type, size, depth or name is ``invalid_request`` and changes nothing, and
+so is a txid of a kind the method is never sent for (``ParamChecks.txid``, from
+the protocol registry). The checks need only the cluster's configuration, so
+every handler module shares one.
 """
 
 from __future__ import annotations
@@ -11,9 +13,10 @@ from typing import Any
 
 from commit.config import ClusterConfig, shard_group
 from commit.outcomes import ABORTED, PREPARED
+from commit.protocols.registry import sends
 from commit.protocols.three_phase import Round
 from commit.routing import key_bytes, shard_of
-from commit.txids import check_participants
+from commit.txids import check_participants, check_txid, protocol_of
 from consensus.errors import InvalidRequest
 from consensus.paxos import Ballot, ballot_of
 from consensus.sessions import SessionRef
@@ -69,6 +72,18 @@ def one_of(raw: Any, allowed: tuple[str, ...], what: str) -> str:
     return raw
 
 
+def _nested_deeper(raw: Any, limit: int) -> bool:
+    """Whether arrays and maps nest more than ``limit`` deep in ``raw``: level by level, never recursing, so
+    that a hostile depth meets neither Python's recursion limit nor any check that recurses later."""
+    level = [raw]
+    for _ in range(limit + 1):
+        containers = [x for x in level if isinstance(x, (list, tuple, dict))]
+        if not containers:
+            return False
+        level = [inner for c in containers for inner in ([*c.keys(), *c.values()] if isinstance(c, dict) else c)]
+    return True
+
+
 class ParamChecks:
     """The checks that depend on this cluster: its limits, its shards, its nodes."""
 
@@ -76,6 +91,20 @@ class ParamChecks:
         self.config = config
         self.node_ids = frozenset(n.id for n in config.nodes)
         self.group_names = frozenset(g.name for g in config.groups())
+
+    def shape(self, params: dict[str, Any]) -> None:
+        """The whole request at once, before any other check: at most ``limits.max_nesting_depth`` deep."""
+        limit = self.config.limits.max_nesting_depth
+        if _nested_deeper(params, limit):
+            raise InvalidRequest(f"parameters nest deeper than {limit} arrays and maps (limits.max_nesting_depth)")
+
+    def txid(self, params: dict[str, Any], method: str) -> str:
+        """``params['txid']``, well-formed and of a protocol whose transactions come with ``method``."""
+        txid = check_txid(params.get("txid"))
+        spec = protocol_of(txid)
+        if not sends(spec, method):
+            raise InvalidRequest(f"{method} is not a message of {spec.name} transactions, so not of {txid}")
+        return txid
 
     def key(self, raw: Any) -> bytes:
         return key_bytes(raw, self.config.limits.max_key_bytes)
@@ -111,6 +140,10 @@ class ParamChecks:
         reads, writes = params.get("reads"), params.get("writes")
         if not isinstance(reads, list) or not isinstance(writes, list):
             raise InvalidRequest("reads and writes must be arrays")
+        cap = self.config.limits.max_keys_per_command
+        if len(reads) + len(writes) > cap:
+            raise InvalidRequest(f"{len(reads)} reads and {len(writes)} writes at {shard}: at most {cap} keys "
+                                 "per shard and transaction (limits.max_keys_per_command)")
         checked_reads = []
         for item in reads:
             if not (isinstance(item, list) and len(item) == 2 and _is_int(item[1]) and item[1] >= 0):

@@ -2,7 +2,7 @@
 
     shard.prepare  {txid, shard, reads, writes, participants, leader, hop} -> {vote, reason?}
     shard.query    {txid, shard}                 -> {state}   fences unknown txids
-    shard.decide   {txid, shard, outcome}        -> {state}
+    shard.decide   {txid, shard, outcome}        -> {state}   not_prepared: never prepared here (now fenced)
     shard.inspect  {txid, shard}                 -> {state, phase, promised}   read-only (no fencing)
     3pc.join       {txid, shard, round, leader, hop}         -> {state, promised}   3PC state request
     3pc.move       {txid, shard, round, target, leader, hop} -> {state, promised}   PreCommit / PreAbort
@@ -18,15 +18,14 @@ from typing import Any
 from commit.node.handlers.base import Handler, Handlers, shard_state
 from commit.node.handlers.params import hop_of, one_of, round_of
 from commit.outcomes import ABORTED, COMMITTED, PREPARED, UNKNOWN
-from commit.protocols.registry import Coordinator
 from commit.protocols.three_phase import PREABORTED, PRECOMMITTED, Round
 from commit.txids import protocol_of
-from consensus.errors import InvalidRequest
+from consensus.errors import InvalidRequest, NotPrepared
 from consensus.group import ReplicaGroup
 
 
 class Participants(Handlers):
-    def routes(self) -> dict[str, Handler]:
+    def methods(self) -> dict[str, Handler]:
         return {
             "shard.prepare": self.prepare,
             "shard.query": self.query,
@@ -37,13 +36,11 @@ class Participants(Handlers):
         }
 
     async def prepare(self, params: dict[str, Any]) -> dict[str, Any]:
-        txid, group = self.participant(params)
+        txid, group = self.participant(params, "shard.prepare")
         reads, writes = self.check.payload(params, group.name)
         spec = protocol_of(txid)
-        if spec.coordinator is Coordinator.SHARD:
-            raise InvalidRequest(f"{txid} is a one-phase transaction (txn.commit_one), it has no PREPARE")
         participants = self.check.participants_of(txid, params.get("participants"))
-        leader = self.check.node_id(params.get("leader", self.node.node_id), "leader")
+        leader = self.sent_by(params.get("leader"), "leader")
         hop = hop_of(params)
         if group.name not in participants:
             raise InvalidRequest(f"{group.name} is not among the participants {participants}")
@@ -71,18 +68,22 @@ class Participants(Handlers):
         self.node.paxos.send_vote(txid, shard, value, reason, participants, leader, fast, hop)
 
     async def query(self, params: dict[str, Any]) -> dict[str, Any]:
-        txid, group = self.participant(params)
+        txid, group = self.participant(params, "shard.query")
         return {"state": await self.propose(group, ("refuse", txid))}
 
     async def decide(self, params: dict[str, Any]) -> dict[str, Any]:
-        txid, group = self.participant(params)
+        """Apply a decision; ``not_prepared`` if this shard has no record of txid (``ShardState``: it fenced it)."""
+        txid, group = self.participant(params, "shard.decide")
         outcome = one_of(params.get("outcome"), (COMMITTED, ABORTED), "outcome")
-        command = ("commit" if outcome == COMMITTED else "abort", txid)
-        return {"state": await self.propose(group, command)}
+        state = await self.propose(group, ("commit" if outcome == COMMITTED else "abort", txid))
+        if state == UNKNOWN:
+            raise NotPrepared(f"{group.name} never prepared {txid}: {outcome} refused, and {txid} is fenced here "
+                              f"(a PREPARE for it votes no)")
+        return {"state": state}
 
     async def inspect(self, params: dict[str, Any]) -> dict[str, Any]:
         """What the shard holds for txid, without fencing it: for demonstrations and operators."""
-        txid, group = self.participant(params)
+        txid, group = self.participant(params, "shard.inspect")
         await self.within_request_timeout(group.name, group.read_barrier, False)
         machine = shard_state(group)
         prepared = machine.prepared.get(txid)
@@ -92,21 +93,19 @@ class Participants(Handlers):
             return {"state": PREPARED, "phase": None, "promised": None}
         return {"state": machine.decided.get(txid, UNKNOWN), "phase": None, "promised": None}
 
-    def _three_phase(self, params: dict[str, Any]) -> tuple[str, ReplicaGroup, Round, str, int]:
-        txid, group = self.participant(params)
-        if not protocol_of(txid).participants_terminate:
-            raise InvalidRequest(f"{txid} is not a 3pc transaction")
-        leader = self.check.node_id(params.get("leader"), "leader")
+    def _three_phase(self, params: dict[str, Any], method: str) -> tuple[str, ReplicaGroup, Round, str, int]:
+        txid, group = self.participant(params, method)
+        leader = self.sent_by(params.get("leader"), "leader")
         return txid, group, round_of(params.get("round")), leader, hop_of(params)
 
     async def three_phase_join(self, params: dict[str, Any]) -> dict[str, Any]:
-        txid, group, round_, leader, hop = self._three_phase(params)
+        txid, group, round_, leader, hop = self._three_phase(params, "3pc.join")
         state, promised = await self.propose(group, ("3pc_join", txid, round_))
         self.node.tracer.sent(txid, "state", leader, hop + 1)
         return {"state": state, "promised": list(promised)}
 
     async def three_phase_move(self, params: dict[str, Any]) -> dict[str, Any]:
-        txid, group, round_, leader, hop = self._three_phase(params)
+        txid, group, round_, leader, hop = self._three_phase(params, "3pc.move")
         target = one_of(params.get("target"), (PRECOMMITTED, PREABORTED), "target")
         state, promised = await self.propose(group, ("3pc_move", txid, round_, target))
         if state == target:

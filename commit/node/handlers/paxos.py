@@ -1,13 +1,18 @@
 """Paxos Commit's messages (Gray & Lamport 2006, section 4): acceptors, the leader, fast participants.
 
-    paxos.phase2a  {txid, shard, value, reason?, participants, leader, fast, hop} -> {}   acceptor, ballot 0
+    paxos.phase2a  {txid, shard, value, reason?, participants, leader, hop} -> {}   acceptor, ballot 0
     paxos.phase2b  {txid, acceptor, ballot, values, reasons?, hop}           -> {}   leader
     paxos.learn    {txid, shard, acceptor, ballot, values, participants, hop} -> {outcome}   fast participant
     paxos.phase1a  {txid, ballot, participants, instances} -> {promised, accepted, promise}   acceptor
     paxos.accept   {txid, ballot, values}                  -> {accepted}                     acceptor
 
 Ballot 0 belongs to the participants (they are its only proposers), so
-``paxos.accept`` refuses it and ``paxos.learn`` takes nothing else.
+``paxos.accept`` refuses it, and ``paxos.phase2b`` and ``paxos.learn`` (an
+acceptor's bundle of ballot-0 votes) take nothing else. ``paxos.phase1a`` and
+``paxos.accept`` take only a ballot a leader can have made by now
+(``consensus.paxos.unissued``): one of a later term would outrank every real
+leader's, and the instance would never be recovered. Every message takes only
+txids of a protocol with acceptors (``commit.protocols.registry.TXID_METHODS``).
 """
 
 from __future__ import annotations
@@ -16,13 +21,14 @@ from typing import Any
 
 import trio
 
+from commit.config import COORDINATOR_GROUP
 from commit.node.handlers.base import Handler, Handlers, NodeParts
 from commit.node.handlers.params import ballot, hop_of, one_of
 from commit.outcomes import ABORTED, PREPARED
 from commit.protocols.paxos_commit import Phase2b
-from commit.txids import check_txid, protocol_of
+from commit.txids import protocol_of
 from consensus.errors import InvalidRequest
-from consensus.paxos import BALLOT_ZERO, Ballot
+from consensus.paxos import BALLOT_ZERO, Ballot, unissued
 
 
 class PaxosMessages(Handlers):
@@ -30,7 +36,7 @@ class PaxosMessages(Handlers):
         super().__init__(node)
         node.paxos.deliver_local = self._deliver_phase2b
 
-    def routes(self) -> dict[str, Handler]:
+    def methods(self) -> dict[str, Handler]:
         return {
             "paxos.phase2a": self.phase2a,
             "paxos.phase2b": self.phase2b,
@@ -48,24 +54,41 @@ class PaxosMessages(Handlers):
             raise InvalidRequest(f"{raw!r:.40} is not an acceptor")
         return raw
 
+    def _recovery_ballot(self, raw: Any) -> Ballot:
+        """A leader's ballot above 0 that a leader can have made by now, as this acceptor knows the group."""
+        their_ballot = ballot(raw)
+        group = self.node.groups[COORDINATOR_GROUP]
+        ranks = self.node.paxos.acceptor_ids
+        leader = group.leader_id()
+        why = unissued(their_ballot, group.term(), ranks.index(leader) if leader in ranks else None, len(ranks))
+        if why is not None:
+            raise InvalidRequest(why)
+        self.sent_by(ranks[their_ballot[1]], f"the leader of ballot {list(their_ballot)}")  # its rank is its sender's
+        return their_ballot
+
+    def _ballot_zero(self, raw: Any) -> None:
+        if ballot(raw) != BALLOT_ZERO:
+            raise InvalidRequest("a bundle of participants' votes is at ballot 0")
+
     async def phase2a(self, params: dict[str, Any]) -> dict[str, Any]:
         self._acceptor_here()
-        txid = check_txid(params.get("txid"))
+        txid = self.check.txid(params, "paxos.phase2a")
         shard = self.check.shard_name(params.get("shard"))
         value = one_of(params.get("value"), (PREPARED, ABORTED), "value")
         reason = self.check.reason(params.get("reason", "")) if value == ABORTED else ""
         participants = self.check.participants_of(txid, params.get("participants"))
         if shard not in participants:
             raise InvalidRequest(f"{shard} is not among the participants")
+        self.sent_by_member_of(shard, "the ballot-0 vote")
         leader = self.check.node_id(params.get("leader"), "leader")
-        fast = params.get("fast") is True
+        fast = protocol_of(txid).fast  # the txid's own protocol says whether the participants learn too
         await self.node.paxos.on_phase2a(txid, shard, value, reason, participants, leader, fast, hop_of(params))
         return {}
 
     async def phase2b(self, params: dict[str, Any]) -> dict[str, Any]:
-        txid = check_txid(params.get("txid"))
-        acceptor = self._acceptor_id(params.get("acceptor"))
-        their_ballot = ballot(params.get("ballot"))
+        txid = self.check.txid(params, "paxos.phase2b")
+        acceptor = self.sent_by(self._acceptor_id(params.get("acceptor")), "acceptor")
+        self._ballot_zero(params.get("ballot"))
         values = self.check.votes(params.get("values"), "values")
         raw_reasons = params.get("reasons", {})
         if not isinstance(raw_reasons, dict):
@@ -73,7 +96,7 @@ class PaxosMessages(Handlers):
         reasons = {self.check.shard_name(k): self.check.reason(v)
                    for k, v in raw_reasons.items() if values.get(k) == ABORTED}
         self.manager(txid)  # only the coordinator group's leader takes 2b messages
-        self._deliver_phase2b(txid, acceptor, their_ballot, values, hop_of(params), reasons)
+        self._deliver_phase2b(txid, acceptor, BALLOT_ZERO, values, hop_of(params), reasons)
         return {}
 
     def _deliver_phase2b(self, txid: str, acceptor: str, ballot: Ballot, values: dict[str, str], hop: int,
@@ -84,10 +107,9 @@ class PaxosMessages(Handlers):
                             hop, reasons)
 
     async def learn(self, params: dict[str, Any]) -> dict[str, Any]:
-        txid, group = self.participant(params)
-        acceptor = self._acceptor_id(params.get("acceptor"))
-        if ballot(params.get("ballot")) != BALLOT_ZERO:
-            raise InvalidRequest("participants learn from ballot-0 bundles only")
+        txid, group = self.participant(params, "paxos.learn")
+        acceptor = self.sent_by(self._acceptor_id(params.get("acceptor")), "acceptor")
+        self._ballot_zero(params.get("ballot"))
         values = self.check.votes(params.get("values"), "values")
         participants = self.check.participants_of(txid, params.get("participants"))
         outcome = await self.within_request_timeout(
@@ -96,8 +118,8 @@ class PaxosMessages(Handlers):
 
     async def phase1a(self, params: dict[str, Any]) -> dict[str, Any]:
         self._acceptor_here()
-        txid = check_txid(params.get("txid"))
-        their_ballot = ballot(params.get("ballot"))
+        txid = self.check.txid(params, "paxos.phase1a")
+        their_ballot = self._recovery_ballot(params.get("ballot"))
         participants = self.check.participants_of(txid, params.get("participants"))
         instances = self.check.shards(params.get("instances"), "instances")
         if not set(instances) <= set(participants):
@@ -106,8 +128,6 @@ class PaxosMessages(Handlers):
 
     async def accept(self, params: dict[str, Any]) -> dict[str, Any]:
         self._acceptor_here()
-        txid = check_txid(params.get("txid"))
-        their_ballot = ballot(params.get("ballot"))
-        if their_ballot == BALLOT_ZERO:
-            raise InvalidRequest("ballot 0 belongs to the participants (paxos.phase2a)")
+        txid = self.check.txid(params, "paxos.accept")
+        their_ballot = self._recovery_ballot(params.get("ballot"))
         return await self.node.paxos.on_accept(txid, their_ballot, self.check.votes(params.get("values"), "values"))

@@ -20,9 +20,9 @@ from consensus.errors import InvalidRequest
 class Testing(Handlers):
     def __init__(self, node: NodeParts, methods: Collection[str]) -> None:
         super().__init__(node)
-        self.methods = methods
+        self.known_methods = methods
 
-    def routes(self) -> dict[str, Handler]:
+    def methods(self) -> dict[str, Handler]:
         return {"test.hold": self.hold, "test.transfer_leader": self.transfer_leader, "test.fault": self.fault}
 
     async def hold(self, params: dict[str, Any]) -> dict[str, Any]:
@@ -62,6 +62,6 @@ class Testing(Handlers):
         return self.check.node_id(raw, "peer")
 
     def _rpc_method(self, raw: Any) -> str:
-        if not (isinstance(raw, str) and raw in self.methods):
+        if not (isinstance(raw, str) and raw in self.known_methods):
             raise InvalidRequest(f"method must name an RPC method such as shard.prepare, got {raw!r:.40}")
         return raw

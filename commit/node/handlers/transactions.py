@@ -18,21 +18,19 @@ from typing import Any
 from commit.errors import CommitUnknown, Conflict
 from commit.node.handlers.base import Handler, Handlers
 from commit.outcomes import ABORTED, COMMITTED, UNKNOWN
-from commit.protocols.registry import Coordinator
-from commit.txids import are_participants_of, authority_of, check_participants, check_txid, protocol_of
+from commit.txids import are_participants_of, authority_of, check_participants
 from consensus.errors import InvalidRequest
 
 
 class Transactions(Handlers):
-    def routes(self) -> dict[str, Handler]:
+    def methods(self) -> dict[str, Handler]:
         return {"txn.commit": self.commit, "txn.commit_one": self.commit_one, "txn.status": self.status}
 
     async def commit(self, params: dict[str, Any]) -> dict[str, Any]:
-        txid = check_txid(params.get("txid"))
+        txid = self.check.txid(params, "txn.commit")
         participants = params.get("participants")
         if not isinstance(participants, dict) or len(participants) < 2:
             raise InvalidRequest("participants must map at least two shard names to their reads and writes")
-        check_participants(txid, participants)
         payloads = {}
         for shard, payload in participants.items():
             name = self.check.shard_name(shard)
@@ -40,6 +38,7 @@ class Transactions(Handlers):
                 raise InvalidRequest(f"participant {name}: expected {{reads, writes}}")
             reads, writes = self.check.payload(payload, name)
             payloads[name] = {"reads": [list(r) for r in reads], "writes": [list(w) for w in writes]}
+        check_participants(txid, payloads)
         outcome, reason = await self.manager(txid).commit(txid, payloads)
         if outcome == COMMITTED:
             return {"outcome": COMMITTED}
@@ -48,8 +47,8 @@ class Transactions(Handlers):
         raise CommitUnknown(f"{txid}: {reason}", txid=txid)
 
     async def commit_one(self, params: dict[str, Any]) -> dict[str, Any]:
-        txid, group = self.participant(params)
-        if protocol_of(txid).coordinator is not Coordinator.SHARD or authority_of(txid)[1] != group.name:
+        txid, group = self.participant(params, "txn.commit_one")
+        if authority_of(txid)[1] != group.name:
             raise InvalidRequest(f"{txid} is not a one-phase transaction of {group.name}")
         reads, writes = self.check.payload(params, group.name)
         counts = self.node.one_phase
@@ -63,7 +62,7 @@ class Transactions(Handlers):
         return {"outcome": outcome}
 
     async def status(self, params: dict[str, Any]) -> dict[str, Any]:
-        txid = check_txid(params.get("txid"))
+        txid = self.check.txid(params, "txn.status")
         participants = self.check.shards(params["participants"], "participants") if "participants" in params else ()
         if participants and not are_participants_of(txid, participants):
             return {"outcome": UNKNOWN}

@@ -21,7 +21,18 @@ Concurrency control is optimistic, validated at prepare (DESIGN.md section 6):
     A PREPARE of a transaction already decided here answers
     ``("decided", outcome)``: it is not a new vote.
 ``commit(txid)`` / ``abort(txid)``  apply or drop the prepared writes and
-    release the locks. Idempotent.
+    release the locks. Idempotent. Either for a txid the shard has no record
+    of records it as aborted, so a PREPARE that arrives later votes NO and
+    never locks: with no information about a transaction, presume it aborted
+    (presumed abort: Mohan, Lindsay & Obermarck, "Transaction Management in
+    the R* Distributed Database Management System", ACM TODS 11(4), 1986).
+    ``abort`` then answers ``aborted``, and ``commit`` answers ``unknown``,
+    which the participant's handler turns into ``not_prepared``.
+    A COMMIT reaches a shard that never prepared its txid only if the decision
+    is not a real one (every participant voted YES before any commit was
+    decided) or the shard forgot it after committing it (the decided table
+    keeps ``limits.max_remembered_transactions``); in both cases nothing is
+    left to apply, and the sender may stop re-sending.
 ``refuse(txid)``  the question a recovering coordinator or a status query
     asks: "what is your state for txid?". A shard that never prepared txid
     records it as aborted before answering, so a PREPARE that arrives later
@@ -53,7 +64,7 @@ from typing import Any
 
 from commit.config import Limits
 from commit.errors import Conflict
-from commit.outcomes import ABORTED, COMMITTED, PREPARED
+from commit.outcomes import ABORTED, COMMITTED, PREPARED, UNKNOWN
 from commit.protocols.three_phase import COORDINATOR_ROUND, PREABORTED, PRECOMMITTED, WAITING, Round
 from consensus.bounded import BoundedTable
 from consensus.errors import InternalError, InvalidRequest
@@ -232,8 +243,11 @@ class ShardState:
             state = self.decided.get(txid)
             if state == COMMITTED:
                 return COMMITTED
-            # Committing what this shard never prepared, or aborted, would break atomicity.
-            raise InternalError(f"commit of {txid}, which is {state or 'unknown'} here", maybe_applied=False)
+            if state is None:
+                self._decide(txid, ABORTED)  # never prepared here: fenced, so that it never will be
+                return UNKNOWN
+            # Committing what this shard aborted would break atomicity.
+            raise InternalError(f"commit of {txid}, which is {state} here", maybe_applied=False)
         self._release(txid, prepared)
         for key, value in prepared.writes:
             self._write(key, value)
