@@ -128,7 +128,7 @@ class Transaction:
                 await self._settle(self.db.call_group(
                     shard, "txn.commit_one", {"txid": self.txid, "shard": shard, **payload}))
             else:
-                self.txid = new_txid(self.protocol, self.participants)
+                self.txid = new_txid(self.protocol, participants)
                 params = {"txid": self.txid, "participants": participants}
                 spec = PROTOCOLS[self.protocol]
                 if spec.coordinator is Coordinator.NODE:

@@ -1,7 +1,8 @@
 """Transaction ids: unique forever, they say who knows their outcome, and they bind their participants.
 
-A txid is ``"<protocol>:<32 hex digits>.<16 hex digits>"`` for a multi-shard
-transaction and ``"1pc:<shard>:<32 hex digits>"`` for a single-shard one.
+A txid is ``"<protocol>:<32 hex digits>.<16 hex digits>.<16 hex digits>"`` for
+a multi-shard transaction and ``"1pc:<shard>:<32 hex digits>"`` for a
+single-shard one.
 128 random bits never repeat across restarts; the prefix tells an in-doubt
 participant or a status query whom to ask (the 2pc/3pc coordinator node, the
 coordinator group, or the one shard). A txid that lies about its prefix
@@ -16,6 +17,12 @@ client committed, everywhere: a status question that names only some of the
 participants can never make a recovering leader decide over those alone
 (issue 9.1: a Paxos Commit leader that recovered "every instance" of a
 caller's list committed half a transaction).
+
+The last part is a digest of its reads and writes at every participant, which
+the coordinator checks at ``txn.commit``: a txid can only ever be committed
+with the payload it was made for, whether or not the coordinator still
+remembers it (a client that learnt someone else's in-flight txid, from
+``node.py status`` say, cannot resend it with other writes to a new leader).
 """
 
 from __future__ import annotations
@@ -23,7 +30,10 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import msgpack
 
 from commit.protocols.registry import NAMES, ONE_PHASE, ProtocolSpec, spec
 from consensus.errors import InvalidRequest
@@ -31,9 +41,12 @@ from consensus.errors import InvalidRequest
 NONCE_BYTES = 16
 DIGEST_BYTES = 8
 _TXID = re.compile(
-    rf"(?:({'|'.join(re.escape(name) for name in NAMES)}):([0-9a-f]{{32}})\.([0-9a-f]{{16}}))"
+    rf"(?:({'|'.join(re.escape(name) for name in NAMES)}):([0-9a-f]{{32}})\.([0-9a-f]{{16}})\.([0-9a-f]{{16}}))"
     rf"|(?:{ONE_PHASE.name}:shard-\d{{1,4}}:[0-9a-f]{{32}})"
 )
+
+
+Payloads = Mapping[str, Mapping[str, list[Any]]]  # shard -> {"reads": [[key, version]...], "writes": [[key, value]...]}
 
 
 def _digest(protocol: str, nonce: str, participants: Iterable[str]) -> str:
@@ -41,12 +54,25 @@ def _digest(protocol: str, nonce: str, participants: Iterable[str]) -> str:
     return hashlib.blake2b(text.encode(), digest_size=DIGEST_BYTES).hexdigest()
 
 
-def new_txid(protocol: str, participants: Iterable[str] = (), shard: str | None = None) -> str:
-    """A fresh txid: one-phase on ``shard``, or a multi-shard one bound to ``participants``."""
+def _payload_digest(protocol: str, nonce: str, payloads: Payloads) -> str:
+    canonical = [[shard, payloads[shard]["reads"], payloads[shard]["writes"]] for shard in sorted(payloads)]
+    packed = msgpack.packb([protocol, nonce, canonical], use_bin_type=True)
+    return hashlib.blake2b(packed, digest_size=DIGEST_BYTES).hexdigest()
+
+
+def new_txid(protocol: str, participants: Payloads | Iterable[str] = (), shard: str | None = None) -> str:
+    """A fresh txid: one-phase on ``shard``, or a multi-shard one bound to its participants' payloads.
+
+    ``participants`` maps each shard to its reads and writes (what a commit sends); shard names alone
+    bind an empty payload at each, for a txid that is never committed (a status question, a test).
+    """
     nonce = os.urandom(NONCE_BYTES).hex()
     if shard is not None:
         return f"{ONE_PHASE.name}:{shard}:{nonce}"
-    return f"{protocol}:{nonce}.{_digest(protocol, nonce, participants)}"
+    payloads = participants if isinstance(participants, Mapping) else {
+        name: {"reads": [], "writes": []} for name in participants}
+    return (f"{protocol}:{nonce}.{_digest(protocol, nonce, payloads)}"
+            f".{_payload_digest(protocol, nonce, payloads)}")
 
 
 def check_txid(txid: object) -> str:
@@ -76,6 +102,16 @@ def are_participants_of(txid: str, participants: Iterable[str]) -> bool:
         return False
     protocol, nonce, digest = match.group(1, 2, 3)
     return _digest(protocol, nonce, names) == digest
+
+
+def check_payloads(txid: str, payloads: Payloads) -> None:
+    """InvalidRequest unless ``payloads`` are the reads and writes txid was made for (and its participants)."""
+    check_participants(txid, payloads)
+    match = _TXID.fullmatch(txid)
+    assert match is not None and match.group(1) is not None
+    protocol, nonce, _, digest = match.group(1, 2, 3, 4)
+    if _payload_digest(protocol, nonce, payloads) != digest:
+        raise InvalidRequest(f"other reads and writes than {txid} was made for")
 
 
 def check_participants(txid: str, participants: Iterable[str]) -> tuple[str, ...]:

@@ -198,7 +198,7 @@ async def test_a_resent_commit_with_other_writes_is_refused_and_a_decided_one_se
     applied), and every resend ran the protocol again, sending the decision once more."""
     leader = (await cluster.leaders())[COORDINATOR_GROUP]
     keys = keys_for("resent-commit-")
-    txid = new_txid("raft-2pc", SHARDS)
+    txid = new_txid("raft-2pc", payload(keys, 1))
     commit_params = {"txid": txid, "participants": payload(keys, 1)}
     assert await send_raw(cluster, leader, "txn.commit", commit_params) == {"outcome": "committed"}
     first = (await cluster.settled_trace(txid))["messages_by_type"]
@@ -298,7 +298,8 @@ async def test_a_2pc_txid_answered_aborted_never_commits_even_after_its_coordina
     coordinator = cluster.config.twopc_coordinator
     decision_log = cluster.config.node_dir(coordinator) / "2pc.log"
     size = decision_log.stat().st_size
-    txids = [new_txid("2pc", SHARDS) for _ in range(20)]
+    keys = keys_for("fenced-2pc-")
+    txids = [new_txid("2pc", payload(keys, 1)) for _ in range(20)]
     for txid in txids:
         assert await send_raw(cluster, coordinator, "txn.status", {"txid": txid, "participants": SHARDS}) == {
             "outcome": "aborted"}
@@ -306,7 +307,6 @@ async def test_a_2pc_txid_answered_aborted_never_commits_even_after_its_coordina
     cluster.kill(coordinator)
     cluster.start(coordinator)
     await cluster.wait_ready()
-    keys = keys_for("fenced-2pc-")
     with pytest.raises(commit.Conflict, match="aborted"):
         await send_raw(cluster, coordinator, "txn.commit", {"txid": txids[0], "participants": payload(keys, 1)})
     async with commit.connect(cluster.config) as db:
@@ -354,4 +354,19 @@ async def test_a_one_shard_transaction_with_100000_writes_is_refused_and_no_elec
     with pytest.raises(commit.InvalidRequest, match="at most 4096 keys per shard and transaction"):
         await cluster.call(leaders[shard], "txn.commit_one", params)
     assert {r["group"]: r.get("term") for r in await cluster.status() if r.get("role") == "leader"} == terms
+    await assert_unharmed(cluster, seed)
+
+
+async def test_a_txid_commits_only_with_the_reads_and_writes_it_was_made_for(cluster: LocalCluster, seed: int) -> None:
+    """A client that learns an in-flight txid (``node.py status`` lists them) cannot commit it with other
+    writes at a coordinator that never saw it (after a failover, say): the txid binds its payload."""
+    leader = (await cluster.leaders())[COORDINATOR_GROUP]
+    keys = keys_for("bound-payload-")
+    for protocol in ("paxos-commit", "raft-2pc", "3pc"):
+        txid = new_txid(protocol, payload(keys, 1))  # made by its client, never sent
+        coordinator = cluster.config.twopc_coordinator if protocol == "3pc" else leader
+        with pytest.raises(commit.InvalidRequest, match="other reads and writes than"):
+            await send_raw(cluster, coordinator, "txn.commit", {"txid": txid, "participants": payload(keys, 2)})
+    async with commit.connect(cluster.config) as db:
+        assert await values(db, keys) == [None, None]
     await assert_unharmed(cluster, seed)

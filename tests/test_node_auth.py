@@ -91,8 +91,8 @@ def test_a_pickle_sent_to_a_raft_port_runs_nothing(open_config_cluster: LocalClu
 
 def _forged(method: str) -> dict[str, Any]:
     """Well-formed node-to-node messages, as a client holding the client secret might send them."""
-    txid = "paxos-commit:" + "ab" * 16 + "." + "cd" * 8
     shard = shard_group(0)
+    txid = new_txid("paxos-commit", [shard])
     return {
         "shard.prepare": {"txid": txid, "shard": shard, "reads": [], "writes": [], "participants": [shard]},
         "shard.decide": {"txid": txid, "shard": shard, "outcome": "committed"},

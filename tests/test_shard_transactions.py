@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from commit.errors import Conflict
 from commit.outcomes import ABORTED, COMMITTED, PREPARED, UNKNOWN
 from commit.node.state_machines.shard import ABSENT, Cell, Lock, Prepared, ShardState
-from consensus.errors import InternalError
+from consensus.errors import InternalError, InvalidRequest
 
 T1 = "raft-2pc:" + "1" * 32
 T2 = "raft-2pc:" + "2" * 32
@@ -468,6 +468,13 @@ def test_random_commands_keep_lock_invariants(data):
             )
             write_keys = data.draw(st.lists(st.sampled_from(KEYS), max_size=2, unique=True))
             writes = tuple((k, data.draw(st.sampled_from([b"x", b"y", None]))) for k in write_keys)
+            held = shard.prepared.get(txid)
+            if held is not None and (held.reads, held.writes) != (reads, writes):
+                before = snapshot(shard)
+                with pytest.raises(InvalidRequest):  # a second PREPARE may only repeat the first
+                    shard.apply(("prepare", txid, reads, writes))
+                assert snapshot(shard) == before
+                continue
             vote = shard.apply(("prepare", txid, reads, writes))
             assert vote in ("yes", ("decided", "committed")) or is_no(vote)
             if vote == "yes":
@@ -505,3 +512,14 @@ def test_random_commands_keep_lock_invariants(data):
         check_invariants(shard)
         # Versions only grow: every cell's version is at most the write counter.
         assert all(cell.version <= shard.write_counter for cell in shard.cells.values())
+
+
+def test_a_second_prepare_must_be_the_first_again_not_other_reads_and_writes():
+    """A replayed PREPARE with other writes used to be answered "yes" for what it did not lock."""
+    shard = ShardState()
+    assert prepare(shard, T1, writes=[(b"a", b"1")]) == "yes"
+    before = snapshot(shard)
+    assert prepare(shard, T1, writes=[(b"a", b"1")]) == "yes"  # a retry of the same
+    with pytest.raises(InvalidRequest, match="prepared here with other reads and writes"):
+        prepare(shard, T1, writes=[(b"a", b"1"), (b"b", b"2")])
+    assert snapshot(shard) == before

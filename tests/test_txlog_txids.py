@@ -10,7 +10,9 @@ import pytest
 
 from commit.node.decision_log import DecisionLog, LoggedDecision
 from commit.protocols.registry import ONE_PHASE
-from commit.txids import are_participants_of, authority_of, check_participants, check_txid, new_txid, protocol_of
+from commit.txids import (
+    are_participants_of, authority_of, check_participants, check_payloads, check_txid, new_txid, protocol_of,
+)
 from consensus.errors import InvalidRequest
 
 A = "2pc:" + "a" * 32
@@ -216,7 +218,7 @@ HEX32 = r"[0-9a-f]{32}"
 @pytest.mark.parametrize("protocol", ["2pc", "raft-2pc", "paxos-commit", "fast-paxos-commit", "3pc", "3pc-quorum"])
 def test_new_txid_multi_shard_format(protocol):
     txid = new_txid(protocol, PARTS)
-    assert re.fullmatch(rf"{re.escape(protocol)}:{HEX32}\.[0-9a-f]{{16}}", txid)
+    assert re.fullmatch(rf"{re.escape(protocol)}:{HEX32}\.[0-9a-f]{{16}}\.[0-9a-f]{{16}}", txid)
     assert check_txid(txid) == txid
     assert authority_of(txid) == (protocol, None)
 
@@ -234,11 +236,28 @@ def test_a_multi_shard_txid_binds_exactly_its_participants():
         check_participants(txid, ["shard-0"])
 
 
+def test_a_multi_shard_txid_binds_its_reads_and_writes():
+    """Only the payload a txid was made for commits it, whoever resends it and wherever."""
+    payloads = {"shard-0": {"reads": [[b"a", 3]], "writes": [[b"b", b"\x01"]]},
+                "shard-1": {"reads": [], "writes": [[b"c", None]]}}
+    txid = new_txid("paxos-commit", payloads)
+    check_payloads(txid, payloads)
+    check_payloads(txid, dict(reversed(list(payloads.items()))))  # shards in any order
+    for other in ({**payloads, "shard-1": {"reads": [], "writes": [[b"c", b"\x02"]]}},
+                  {**payloads, "shard-0": {"reads": [[b"a", 4]], "writes": [[b"b", b"\x01"]]}},
+                  {**payloads, "shard-1": {"reads": [], "writes": []}}):
+        with pytest.raises(InvalidRequest, match="other reads and writes than"):
+            check_payloads(txid, other)
+    with pytest.raises(InvalidRequest, match="not the participants"):
+        check_payloads(txid, {"shard-0": payloads["shard-0"]})
+
+
 def test_the_binding_is_per_txid_and_per_protocol():
     first, second = new_txid("paxos-commit", PARTS), new_txid("paxos-commit", PARTS)
-    nonce, digest = second.split(":")[1].split(".")
-    assert not are_participants_of(first.split(".")[0] + "." + digest, PARTS)  # a digest lifted from another txid
-    assert not are_participants_of(f"raft-2pc:{nonce}.{digest}", PARTS)  # or put under another protocol
+    nonce, digest, payload = second.split(":")[1].split(".")
+    lifted = first.split(".")[0] + f".{digest}.{payload}"
+    assert not are_participants_of(lifted, PARTS)  # a digest lifted from another txid
+    assert not are_participants_of(f"raft-2pc:{nonce}.{digest}.{payload}", PARTS)  # or put under another protocol
     assert not are_participants_of(new_txid("2pc", shard="shard-0"), ["shard-0"])  # one-phase binds a shard
 
 
@@ -277,6 +296,8 @@ def test_new_txids_are_unique():
         "2pc:" + "a" * 32,  # no participant digest
         "2pc:" + "a" * 32 + "." + "b" * 15,
         "2pc:" + "a" * 32 + "." + "B" * 16,
+        "2pc:" + "a" * 32 + "." + "b" * 16,  # no payload digest
+        "2pc:" + "a" * 32 + "." + "b" * 16 + "." + "c" * 15,
         "2pc::" + "a" * 32,
         "raft-2pc:shard-0:" + "a" * 32,
         "1pc:" + "a" * 32,

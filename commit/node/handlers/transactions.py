@@ -18,7 +18,7 @@ from typing import Any
 from commit.errors import CommitUnknown, Conflict
 from commit.node.handlers.base import Handler, Handlers
 from commit.outcomes import ABORTED, COMMITTED, UNKNOWN
-from commit.txids import are_participants_of, authority_of, check_participants
+from commit.txids import are_participants_of, authority_of, check_payloads
 from consensus.errors import InvalidRequest
 
 
@@ -31,14 +31,14 @@ class Transactions(Handlers):
         participants = params.get("participants")
         if not isinstance(participants, dict) or len(participants) < 2:
             raise InvalidRequest("participants must map at least two shard names to their reads and writes")
-        payloads = {}
+        payloads: dict[str, dict[str, list[Any]]] = {}
         for shard, payload in participants.items():
             name = self.check.shard_name(shard)
             if not isinstance(payload, dict):
                 raise InvalidRequest(f"participant {name}: expected {{reads, writes}}")
             reads, writes = self.check.payload(payload, name)
             payloads[name] = {"reads": [list(r) for r in reads], "writes": [list(w) for w in writes]}
-        check_participants(txid, payloads)
+        check_payloads(txid, payloads)
         outcome, reason = await self.manager(txid).commit(txid, payloads)
         if outcome == COMMITTED:
             return {"outcome": COMMITTED}

@@ -204,6 +204,11 @@ class ShardState:
     def _prepare(self, txid: str, reads: Reads, writes: Writes, participants: tuple[str, ...]) -> Any:
         state = self.state_of(txid)
         if state == PREPARED:
+            held = self.prepared[txid]
+            if (held.reads, held.writes) != (tuple(reads), tuple(writes)):
+                # A second PREPARE of txid must be the first one again (a retry), never other reads and
+                # writes: its vote stands for what it locked, and it cannot vote twice.
+                raise InvalidRequest(f"{txid} is prepared here with other reads and writes")
             return "yes"
         if state is not None:
             # A late or duplicated PREPARE of a decided transaction: not a new vote. (A Paxos Commit
