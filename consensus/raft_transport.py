@@ -72,6 +72,7 @@ from pysyncobj.poller import POLL_EVENT_TYPE
 from pysyncobj.tcp_connection import CONNECTION_STATE, TcpConnection
 from pysyncobj.tcp_server import TcpServer
 
+from consensus.raft_mac import link_mac
 from consensus.settings import RaftTransportLimits
 
 log = logging.getLogger(__name__)
@@ -390,7 +391,7 @@ class LimitedServer(TcpServer):
                            self._where, why, self._retry_s)
 
 
-_swap_lock = threading.Lock()
+_swap_lock = threading.RLock()  # a replica's construction swaps names while PySyncObj builds its transport
 
 
 @contextmanager
@@ -445,7 +446,8 @@ class LimitedTransportSyncObj(ps_syncobj.SyncObj):
                  consumers: list[Any] | None = None) -> None:
         if not isinstance(conf, LimitedTransportConf):
             raise TypeError("a replica on the limited Raft transport needs a LimitedTransportConf")
-        super().__init__(selfNode, otherNodes, conf=conf, consumers=consumers, transportClass=LimitedTransport)
+        with _swapped(ps_syncobj, "getEncryptor", link_mac):  # signed frames, not Fernet (consensus.raft_mac)
+            super().__init__(selfNode, otherNodes, conf=conf, consumers=consumers, transportClass=LimitedTransport)
 
 
 def raise_open_file_limit() -> int:

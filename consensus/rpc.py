@@ -111,6 +111,8 @@ class FramedStream:
         self._reader = FrameReader(max_frame_bytes)
         self._send_lock = trio.Lock()
         self.queued_bytes = 0
+        self.last_activity = trio.current_time()  # the last frame received or sent whole
+        self.sending_since: float | None = None  # when the send now in progress began
 
     def limit_frames(self, max_frame_bytes: int) -> None:
         """From now on, refuse frames above this size, in both directions (the handshake's small limit)."""
@@ -125,7 +127,12 @@ class FramedStream:
         self.queued_bytes += len(frame)
         try:
             async with self._send_lock:
-                await self._stream.send_all(frame)
+                self.sending_since = trio.current_time()
+                try:
+                    await self._stream.send_all(frame)
+                finally:
+                    self.sending_since = None
+                self.last_activity = trio.current_time()
         finally:
             self.queued_bytes -= len(frame)
 
@@ -134,6 +141,7 @@ class FramedStream:
         while True:
             ready, message = self._reader.next_frame()
             if ready:
+                self.last_activity = trio.current_time()
                 return message
             data = await self._stream.receive_some(_RECEIVE_CHUNK)
             if not data:
@@ -179,10 +187,30 @@ async def _dispatch(router: Router, method: str, params: dict[str, Any]) -> tupl
 
 async def _reply(conn: FramedStream, message: Any, settings: RpcSettings) -> None:
     """Send a reply within the connection's budget; a client that reads nothing is cut off, not buffered."""
-    with trio.move_on_after(settings.idle_timeout_s) as scope:
-        await conn.send(message, budget=settings.max_queued_reply_bytes)
-    if scope.cancelled_caught:
-        raise trio.BrokenResourceError(f"a reply was not read for {settings.idle_timeout_s}s")
+    await conn.send(message, budget=settings.max_queued_reply_bytes)
+
+
+# How often a connection's watchdog looks at it, as a share of timeouts.idle_connection_s: a connection is
+# closed between one and 1 + this share of that timeout after it went quiet.
+IDLE_CHECK_SHARE = 0.25
+
+
+async def _watch_idle(conn: FramedStream, settings: RpcSettings, in_flight: trio.Semaphore,
+                      cut_off: Callable[[str], None]) -> None:
+    """Close a connection with nothing in flight that sent nothing, or whose reply is not read, for the timeout.
+
+    One sleeping task per connection, rather than a deadline around every receive and every send.
+    """
+    limit = settings.idle_timeout_s
+    while True:
+        await trio.sleep(limit * IDLE_CHECK_SHARE)
+        now = trio.current_time()
+        if conn.sending_since is not None and now - conn.sending_since > limit:
+            cut_off(f"a reply was not read for {limit}s")
+            return
+        if in_flight.value == settings.max_in_flight_per_connection and now - conn.last_activity > limit:
+            cut_off(f"idle for {limit}s")
+            return
 
 
 async def _answer(
@@ -233,26 +261,24 @@ async def _handshake_server(conn: FramedStream, node_id: str, settings: RpcSetti
 async def _read_requests(
     conn: FramedStream, router: Router, settings: RpcSettings, nursery: trio.Nursery, peer: str
 ) -> str | None:
-    """Dispatch requests until the peer half-closes (None: its answers still go out) or must be cut off (why)."""
+    """Dispatch requests until the peer half-closes (None, once its answers went out) or must be cut off (why)."""
     in_flight = trio.Semaphore(settings.max_in_flight_per_connection)
 
     def cut_off(reason: str) -> None:
         log.warning("closing connection from %s: %s", peer, reason)
         nursery.cancel_scope.cancel()
 
+    nursery.start_soon(_watch_idle, conn, settings, in_flight, cut_off)
     while True:
-        with trio.move_on_after(settings.idle_timeout_s) as idle:
-            try:
-                message = await conn.receive()
-            except (FrameTooLarge, GarbageFrame) as exc:
-                await conn.send([0, exc.to_wire(), None])
-                return str(exc)
-            except EOFError:
-                return None
-        if idle.cancelled_caught:
-            if in_flight.value == settings.max_in_flight_per_connection:
-                return f"idle for {settings.idle_timeout_s}s"
-            continue
+        try:
+            message = await conn.receive()
+        except (FrameTooLarge, GarbageFrame) as exc:
+            await conn.send([0, exc.to_wire(), None])
+            return str(exc)
+        except EOFError:
+            for _ in range(settings.max_in_flight_per_connection):  # the answers to what it sent go out first
+                await in_flight.acquire()
+            return None
         try:
             req_id, method, params = _parse_request(message)
         except InvalidRequest as exc:
@@ -312,7 +338,7 @@ async def _serve_connection(
                 reason = await _read_requests(conn, router, settings, nursery, peer)
                 if reason is not None:
                     log.warning("closing connection from %s: %s", peer, reason)
-                    nursery.cancel_scope.cancel()
+                nursery.cancel_scope.cancel()  # the idle watchdog, and any answer still running if cut off
     except* (EOFError, trio.BrokenResourceError, trio.ClosedResourceError):
         pass
     except* Exception:

@@ -34,8 +34,8 @@ async def test_client_with_the_secret_is_served(secret_cluster: LocalCluster) ->
         assert await db.get("k") == ("v", version, True)
 
 
-def test_groups_elect_leaders_over_encrypted_raft_links(secret_cluster: LocalCluster) -> None:
-    """PySyncObj got the secret as its password; every group still elects a leader."""
+def test_groups_elect_leaders_over_signed_raft_links(secret_cluster: LocalCluster) -> None:
+    """PySyncObj got the peer secret as its password (frames signed by consensus.raft_mac); every group elects."""
     rows = trio.run(secret_cluster.status)
     leaders = {r["group"] for r in rows if r.get("role") == "leader"}
     assert leaders == {g.name for g in secret_cluster.config.groups()}

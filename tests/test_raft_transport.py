@@ -22,7 +22,6 @@ from typing import Any
 
 import pytest
 import trio
-from pysyncobj.encryptor import getEncryptor
 from pysyncobj.poller import POLL_EVENT_TYPE, PollPoller
 from pysyncobj.tcp_connection import CONNECTION_STATE, TcpConnection
 
@@ -30,6 +29,7 @@ import commit
 from commit.config import parse_config
 from commit.routing import shard_of
 from commit.tooling.localcluster import LocalCluster
+from consensus.raft_mac import link_mac
 from consensus.raft_transport import FrameReader, FrameRefused, LimitedConnection, LimitedServer
 from consensus.settings import RaftTransportLimits
 from tests.conftest import _started
@@ -37,7 +37,7 @@ from tests.conftest import _started
 LIMITS = RaftTransportLimits(max_handshake_frame_bytes=4096, max_frame_bytes=32 * 1024 * 1024,
                              max_connections=8, max_connections_per_address=2, handshake_s=5.0)
 PASSWORD = "the-peer-secret"
-ENCRYPTOR = getEncryptor(PASSWORD)  # PBKDF2: made once
+ENCRYPTOR = link_mac(PASSWORD)  # what our replicas sign with (PBKDF2: made once)
 ROOT = Path(__file__).resolve().parent.parent
 
 
