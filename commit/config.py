@@ -22,7 +22,7 @@ from commit.protocols.registry import NAMES as PROTOCOLS
 from consensus.auth import Credentials
 from consensus.rpc import RpcSettings
 from consensus.sessions import MAX_RESULTS_PER_SESSION
-from consensus.settings import Durability, GroupSpec, RaftSettings, RaftTransportLimits
+from consensus.settings import HANDSHAKE_FRAME_BYTES, Durability, GroupSpec, RaftSettings, RaftTransportLimits
 
 COORDINATOR_GROUP = "coord"
 
@@ -49,13 +49,13 @@ class Limits:
     max_key_bytes: int = 1024
     max_value_bytes: int = 1024 * 1024
     max_in_flight_per_connection: int = 1024
-    max_handshake_frame_bytes: int = 4096  # a frame before the peer proved its secret (RPC and Raft ports)
-    max_queued_reply_bytes: int = 16 * 1024 * 1024  # replies a connection has not read; then it is closed
-    max_connections: int = 1024  # RPC connections a node serves at once (leaves descriptors for Raft and files)
-    max_connections_per_address: int = 512  # ... of which from one client address
-    max_raft_frame_bytes: int = 32 * 1024 * 1024  # a Raft frame from a peer that proved the secret
-    max_raft_connections: int = 64  # connections one Raft port holds at once
-    max_raft_connections_per_address: int = 16  # ... of which from one peer address
+    max_handshake_frame_bytes: int = HANDSHAKE_FRAME_BYTES  # a frame before the peer proved its secret (RPC and Raft ports)
+    max_queued_reply_bytes: int = RpcSettings.max_queued_reply_bytes  # replies a connection has not read; then it is closed
+    max_connections: int = RpcSettings.max_connections  # RPC connections a node serves at once (leaves descriptors for Raft and files)
+    max_connections_per_address: int = RpcSettings.max_connections_per_address  # ... of which from one client address
+    max_raft_frame_bytes: int = RaftTransportLimits.max_frame_bytes  # a Raft frame from a peer that proved the secret
+    max_raft_connections: int = RaftTransportLimits.max_connections  # connections one Raft port holds at once
+    max_raft_connections_per_address: int = RaftTransportLimits.max_connections_per_address  # ... of which from one peer address
     max_reason_chars: int = 256  # a participant's reason for a NO vote, as carried to the coordinator
     max_remembered_transactions: int = 100_000  # decided outcomes a shard, the coordinator group, a manager keep
     max_traced_transactions: int = 20_000  # transactions whose messages a node's tracer keeps
@@ -71,8 +71,8 @@ class Timeouts:
     client_attempt_s: float = 6.0
     client_deadline_s: float = 20.0
     connect_s: float = 2.0
-    handshake_s: float = 5.0
-    idle_connection_s: float = 600.0  # an RPC connection with no request and no reply this long is closed
+    handshake_s: float = RaftTransportLimits.handshake_s
+    idle_connection_s: float = RpcSettings.idle_timeout_s  # an RPC connection with no request and no reply this long is closed
     backoff_initial_s: float = 0.02
     backoff_max_s: float = 0.5
     status_poll_s: float = 0.2  # db.run asks this often for the outcome of a commit that may have happened

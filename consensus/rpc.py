@@ -56,6 +56,7 @@ from consensus.errors import (
     Unavailable,
     error_from_wire,
 )
+from consensus.settings import HANDSHAKE_FRAME_BYTES
 from consensus.tasks import open_helper_nursery
 from consensus.wire import FrameReader, FrameTooLarge, GarbageFrame, encode_frame
 
@@ -75,7 +76,7 @@ class RpcSettings:
     handshake_timeout_s: float
     max_in_flight_per_connection: int
     credentials: Credentials = field(default_factory=Credentials)
-    max_handshake_frame_bytes: int = 4096
+    max_handshake_frame_bytes: int = HANDSHAKE_FRAME_BYTES
     max_queued_reply_bytes: int = 16 * 1024 * 1024
     idle_timeout_s: float = 600.0
     max_connections: int = 1024

@@ -36,6 +36,11 @@ class RaftSettings:
     max_sessions: int = 100_000
 
 
+# The largest frame a peer may send before it proved a secret, on RPC and Raft ports alike: a handshake
+# frame is 230-320 bytes, so this leaves room while a stranger can make a node buffer almost nothing.
+HANDSHAKE_FRAME_BYTES = 4096
+
+
 @dataclass(frozen=True)
 class RaftTransportLimits:
     """What a replica's Raft port accepts (``consensus.raft_transport``); docs/OPERATIONS.md explains each.
@@ -45,7 +50,7 @@ class RaftTransportLimits:
     ``timeouts.handshake_s``), for replicas built without one.
     """
 
-    max_handshake_frame_bytes: int = 4096  # a frame from a peer that has not proved the secret yet
+    max_handshake_frame_bytes: int = HANDSHAKE_FRAME_BYTES  # a frame from a peer that has not proved the secret yet
     max_frame_bytes: int = 32 * 1024 * 1024  # a frame from a peer that has
     max_connections: int = 64  # connections one Raft port holds at once
     max_connections_per_address: int = 16  # ... of which from one peer address

@@ -116,12 +116,15 @@ class Handlers:
             raise Unauthorized(f"{role} {node_id!r} is not the node that sent this ({caller})")
         return node_id
 
-    def sent_by_member_of(self, group: str, role: str) -> str:
-        """The calling node, which must replicate ``group`` (a participant's vote comes from its shard)."""
+    def sent_by_shard_replica(self, shard: str, role: str) -> str:
+        """The calling node, which must replicate ``shard`` (a participant's vote comes from its shard).
+
+        Every shard has the same replicas (``shards.members``), so nothing is looked up per message.
+        """
         caller = current_caller().node_id
-        members = next((g.members for g in self.config.groups() if g.name == group), ())
+        members = self.config.shard_members
         if caller not in members:
-            raise Unauthorized(f"{role} of {group} must come from one of its replicas {members}, not {caller}")
+            raise Unauthorized(f"{role} of {shard} must come from one of its replicas {members}, not {caller}")
         return caller
 
     async def within_request_timeout(self, what: str, work: Callable[[], Awaitable[Any]], maybe_applied: bool) -> Any:

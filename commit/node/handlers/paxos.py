@@ -79,7 +79,7 @@ class PaxosMessages(Handlers):
         participants = self.check.participants_of(txid, params.get("participants"))
         if shard not in participants:
             raise InvalidRequest(f"{shard} is not among the participants")
-        self.sent_by_member_of(shard, "the ballot-0 vote")
+        self.sent_by_shard_replica(shard, "the ballot-0 vote")
         leader = self.check.node_id(params.get("leader"), "leader")
         fast = protocol_of(txid).fast  # the txid's own protocol says whether the participants learn too
         await self.node.paxos.on_phase2a(txid, shard, value, reason, participants, leader, fast, hop_of(params))
