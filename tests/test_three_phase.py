@@ -104,10 +104,23 @@ async def inspect(cluster: LocalCluster, txid: str, shards: list[str]) -> dict[s
 
 
 async def shard_states(cluster: LocalCluster, txid: str, shards: list[str]) -> dict[str, str]:
-    """Each participant's own record of txid, asked of its current leader (shard.query)."""
-    leaders = await cluster.leaders()
-    return {s: (await cluster.call(leaders[s], "shard.query", {"txid": txid, "shard": s}))["state"]
-            for s in shards}
+    """Each participant's own record of txid, asked of its current leader (shard.query).
+
+    The query is a Raft command, so an election under it (a node was just restarted) discards it; it is
+    asked again of the new leader, as the client's ``status`` does.
+    """
+
+    async def asked() -> dict[str, str] | None:
+        leaders = await cluster.leaders()
+        try:
+            return {s: (await cluster.call(leaders[s], "shard.query", {"txid": txid, "shard": s}))["state"]
+                    for s in shards}
+        except (ClusterError, KeyError):
+            return None  # no leader just now, or it lost leadership under the query
+
+    states = await cluster.wait_until(asked, 10, f"the participants of {txid} to answer shard.query")
+    assert states is not None, f"no participant leader answered shard.query for {txid} within 10 s"
+    return states
 
 
 # -- 1. transfers keep the total; aborts leave nothing ------------------------------------------
