@@ -11,6 +11,10 @@
     python node.py fault drop NODE M    NODE loses every RPC call of method M it sends
     python node.py fault undrop NODE [M]    NODE sends M (or every dropped method) again
     python node.py fault list [--json]  each node's cut links, dropped methods, lost messages
+    python node.py saga list [--state S] [--json]   sagas, newest first
+    python node.py saga show ID [--json]            one saga's history as a timeline
+    python node.py saga retry|skip ID [--step S]    a stuck saga: call its op again, or count it done
+    python node.py saga compensate ID               a saga before its pivot: undo what it did
 
 The ``fault`` commands need ``transactions.fault_hooks = true`` (see docs/OPERATIONS.md).
 
@@ -24,11 +28,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 
 import trio
 
 from commit.config import ClusterConfig, ConfigError, load_config
 from commit.node.main import run_node_process
+from commit.protocols.saga import SAGA_STATES
 from commit.tooling.admin import (
     COUNTER_COLUMNS,
     IN_DOUBT_COLUMNS,
@@ -41,6 +47,7 @@ from commit.tooling.admin import (
     wait_for_leaders,
 )
 from commit.tooling.fault_requests import operator_requests, send_fault_requests
+from commit.tooling.saga_views import SAGA_COLUMNS, TIMELINE_COLUMNS, list_rows, saga_request, timeline_rows
 from commit.tooling.supervise import (
     ENDPOINT_COLUMNS,
     endpoint_rows,
@@ -52,6 +59,7 @@ from commit.tooling.supervise import (
 )
 from commit.tooling.tables import format_table
 from commit.tooling.traces import sequence_diagram, summarize
+from consensus.errors import ClusterError
 
 
 def cmd_start(config: ClusterConfig, args: argparse.Namespace) -> int:
@@ -168,6 +176,25 @@ def cmd_fault(config: ClusterConfig, args: argparse.Namespace) -> int:
     return 1 if any("error" in row for row in rows) else 0
 
 
+def cmd_saga(config: ClusterConfig, args: argparse.Namespace) -> int:
+    try:
+        reply = trio.run(saga_request, config, args.op, getattr(args, "saga", None), getattr(args, "step", None),
+                         getattr(args, "state", None))
+    except ClusterError as exc:
+        _warn(f"saga {args.op}: {exc}")
+        return 1
+    if args.json:
+        print(json.dumps(reply, indent=2))
+    elif args.op == "list":
+        print(format_table(list_rows(reply, time.time()), SAGA_COLUMNS))
+    elif args.op == "show":
+        print(f"saga {reply['saga']}: {reply['state']}" + (f" ({reply['reason']})" if reply["reason"] else ""))
+        print(format_table(timeline_rows(reply), TIMELINE_COLUMNS))
+    else:
+        print(f"saga {reply['saga']}: {args.op} accepted; it was {reply['state']}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", default=argparse.SUPPRESS, help="cluster config (default: cluster.toml)")
@@ -209,6 +236,20 @@ def build_parser() -> argparse.ArgumentParser:
     undrop.add_argument("nodes", nargs=1, metavar="NODE")
     undrop.add_argument("method", nargs="?", metavar="METHOD")
     ops.add_parser("list", parents=[output], help="each node's cut links, dropped methods, lost messages")
+    saga = sub.add_parser("saga", parents=[common], help="list sagas, show one's history, act on a stuck one")
+    saga.set_defaults(func=cmd_saga)
+    saga_ops = saga.add_subparsers(dest="op", required=True)
+    listing = saga_ops.add_parser("list", parents=[output], help="sagas, newest first")
+    listing.add_argument("--state", choices=SAGA_STATES)
+    show = saga_ops.add_parser("show", parents=[output], help="one saga's history as a timeline")
+    show.add_argument("saga")
+    for name, text in (("retry", "a stuck saga calls the op it is stuck on again"),
+                       ("skip", "a stuck saga counts that op as done and goes on")):
+        act = saga_ops.add_parser(name, parents=[output], help=text)
+        act.add_argument("saga")
+        act.add_argument("--step", help="the step it is stuck on (checked)")
+    undo = saga_ops.add_parser("compensate", parents=[output], help="a saga before its pivot undoes what it did")
+    undo.add_argument("saga")
     return parser
 
 

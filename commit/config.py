@@ -99,6 +99,24 @@ class Transactions:
 
 
 @dataclass(frozen=True)
+class Sagas:
+    """The saga engine's defaults and caps (docs/SAGAS.md); a definition's own retry policy overrides the first five."""
+
+    initial_interval_s: float = 0.2  # a failed step is called again after this ...
+    backoff_coefficient: float = 2.0  # ... times this for every attempt after the second ...
+    maximum_interval_s: float = 5.0  # ... never waiting longer than this between attempts
+    maximum_attempts: int = 5  # an action's attempts before its saga compensates (after the pivot: is stuck)
+    compensation_maximum_attempts: int = 50  # a compensation's (or confirm's) attempts before its saga is stuck
+    attempt_timeout_s: float = 5.0  # one call to a service; then the attempt counts as failed (Timeout)
+    relay_poll_s: float = 0.05  # an idle outbox relay looks for new events this often
+    max_steps: int = 64  # steps in one definition
+    max_name_chars: int = 128  # a saga id, step, service, handler or event type name
+    max_history_events: int = 10_000  # events one saga records; a saga that reaches it is stuck
+    max_active_sagas: int = 10_000  # running, compensating and stuck sagas; saga.start is refused beyond
+    max_remembered_sagas: int = 10_000  # finished sagas the coordinator group keeps, oldest forgotten first
+
+
+@dataclass(frozen=True)
 class GroupLayout:
     name: str
     index: int
@@ -121,6 +139,7 @@ class ClusterConfig:
     timeouts: Timeouts = field(default_factory=Timeouts)
     raft: RaftSettings = field(default_factory=RaftSettings)
     transactions: Transactions = field(default_factory=Transactions)
+    sagas: Sagas = field(default_factory=Sagas)
 
     @property
     def twopc_coordinator(self) -> str:
@@ -385,6 +404,7 @@ def parse_config(text: str, path: Path) -> ClusterConfig:
         timeouts=_dataclass_from(top.table("timeouts"), Timeouts),
         raft=_dataclass_from(top.table("raft"), RaftSettings),
         transactions=_transactions(top.table("transactions"), node_ids),
+        sagas=_dataclass_from(top.table("sagas"), Sagas),
     )
     top.done()
     _check_ports(config)

@@ -78,3 +78,15 @@ class FrameReader:
         payload = bytes(self._buffer[_LENGTH.size : end])
         del self._buffer[:end]
         return True, decode_payload(payload)
+
+
+def nested_deeper(raw: Any, limit: int) -> bool:
+    """Whether arrays and maps nest more than ``limit`` deep in ``raw``: level by level, never recursing, so
+    that a hostile depth meets neither Python's recursion limit nor any check that recurses later."""
+    level = [raw]
+    for _ in range(limit + 1):
+        containers = [x for x in level if isinstance(x, (list, tuple, dict))]
+        if not containers:
+            return False
+        level = [inner for c in containers for inner in ([*c.keys(), *c.values()] if isinstance(c, dict) else c)]
+    return True

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from commit.config import Limits, Timeouts, Transactions
+from commit.config import Limits, Sagas, Timeouts, Transactions
 from commit.protocols import two_phase
 from consensus.settings import RaftSettings
 
@@ -31,10 +31,11 @@ def test_every_state_in_the_transitions_block_is_in_the_table() -> None:
     assert states <= set(two_phase.TRANSITIONS)
 
 
-@pytest.mark.parametrize("section", [Limits, Timeouts, RaftSettings, Transactions])
+@pytest.mark.parametrize("section", [Limits, Timeouts, RaftSettings, Transactions, Sagas])
 def test_every_setting_is_documented_in_operations(section: type) -> None:
     text = (ROOT / "docs" / "OPERATIONS.md").read_text()
-    name = {Limits: "limits", Timeouts: "timeouts", RaftSettings: "raft", Transactions: "transactions"}[section]
+    name = {Limits: "limits", Timeouts: "timeouts", RaftSettings: "raft", Transactions: "transactions",
+            Sagas: "sagas"}[section]
     undocumented = [f.name for f in dataclasses.fields(section)
                     if f"`{name}.{f.name}`" not in text and f"`{f.name}`" not in text]
     assert not undocumented, f"[{name}] keys missing from docs/OPERATIONS.md: {undocumented}"

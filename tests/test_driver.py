@@ -11,10 +11,12 @@ import trio
 from commit.node.driver import EXECUTORS, CoreRun, Failed, UnknownEffect, drive
 from commit.node.executors import NodeExecutors
 from commit.node.paxos_roles import PaxosNode
+from commit.node.sagas import SagaOrchestrator
 from commit.node.silence_watch import SilenceWatch
 from commit.outcomes import ABORTED, COMMITTED
 from commit.protocols import three_phase, two_phase
 from commit.protocols.paxos_participant import AcceptorBundles
+from commit.protocols.saga import SagaCore
 from commit.protocols.events import (
     Finished,
     ProtocolError,
@@ -39,12 +41,13 @@ def context(txid: str = "t") -> CoreContext:
 
 def test_every_effect_a_core_can_emit_has_an_executor_and_the_node_carries_each_out() -> None:
     """Each core's effects have an executor name, and the node component that runs that core has a method
-    of that name: the coordinator cores' executors, the acceptor's and the silence watch's."""
+    of that name: the coordinator cores' executors, the acceptor's, the silence watch's, the orchestrator's."""
     coordinator_cores = {type(spec.core(context())) for spec in PROTOCOLS.values() if spec.core is not None}
     runners: list[tuple[type, tuple[type, ...]]] = [
         (NodeExecutors, sum((c.EFFECTS for c in coordinator_cores | {three_phase.Terminator}), ())),
         (PaxosNode, AcceptorBundles.EFFECTS),
         (SilenceWatch, three_phase.SilenceTimer.EFFECTS),
+        (SagaOrchestrator, SagaCore.EFFECTS),
     ]
     for runner, effects in runners:
         missing = [e.__name__ for e in effects if e is not SetTimer and e not in EXECUTORS]

@@ -114,6 +114,14 @@ def _templates(rng: random.Random, live: list[tuple[str, tuple[str, ...]]], keys
         "test.hold": {"step": "coordinator.after_votes", "txid": txid},
         "test.transfer_leader": {"group": shard, "to": node},
         "test.fault": {"op": "cut", "peer": node},
+        "saga.start": {"saga": f"fuzz-{rng.randrange(4)}", "definition": {"mode": rng.choice(["saga", "tcc"]), "steps": [
+            {"name": "a", "service": "nobody", "action": "do", "compensation": "undo", "confirm": "ok",
+             "retry": {"maximum_attempts": 1}, "compensation_retry": {"maximum_attempts": 1}}]}},
+        "saga.list": {"state": rng.choice(["running", "stuck"]), "limit": 5},
+        "saga.show": {"saga": f"fuzz-{rng.randrange(4)}"},
+        "saga.retry": {"saga": f"fuzz-{rng.randrange(4)}", "step": "a"},
+        "saga.skip": {"saga": f"fuzz-{rng.randrange(4)}"},
+        "saga.compensate": {"saga": f"fuzz-{rng.randrange(4)}"},
     }
 
 

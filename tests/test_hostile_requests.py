@@ -334,7 +334,8 @@ def test_every_method_about_a_transaction_says_which_txids_it_takes() -> None:
                                 paxos=SimpleNamespace())
     routes = set(node_routes(node_like))  # type: ignore[arg-type]
     about_no_txid = {"kv.get", "kv.put", "kv.delete", "session.open", "node.status", "node.compact", "coord.epoch",
-                     "test.hold", "test.transfer_leader", "test.fault"}
+                     "test.hold", "test.transfer_leader", "test.fault",
+                     "saga.start", "saga.list", "saga.show", "saga.retry", "saga.skip", "saga.compensate"}
     assert set(TXID_METHODS) == routes - about_no_txid
 
 

@@ -33,6 +33,7 @@ import trio
 
 from commit.protocols import paxos_commit as pc
 from commit.protocols import paxos_participant as pp
+from commit.protocols import saga
 from commit.protocols import three_phase as three
 from commit.protocols import two_phase as tp
 from commit.protocols.events import Finished, ProtocolError, Reply, SendDecision, SendPrepare, SetTimer, TimerFired
@@ -72,6 +73,9 @@ EXECUTORS: dict[type, str] = {
     pp.SendLearn: "send_learn",
     three.AbortAlone: "abort_alone",
     three.Terminate: "terminate",
+    # sagas (commit.node.sagas)
+    saga.Record: "record_saga",
+    saga.CallStep: "call_step",
 }
 
 Call = tuple[str, Any]

@@ -9,7 +9,10 @@ outlives ``serve_node``):
 * the coordinator-group watcher: when this node becomes the group's leader,
   it resumes every ``raft-2pc`` transaction the old leader left in flight;
 * on the ``2pc`` coordinator node, the transactions its log says were decided
-  but not yet acknowledged by every shard are resumed at start.
+  but not yet acknowledged by every shard are resumed at start;
+* on the coordinator group's nodes, the saga orchestrator's watch: the leader
+  drives every active saga (``commit.node.sagas``); services are called as a
+  client (they accept the client secret, never a node's key).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from functools import partial
 import trio
 
 from commit.client import connect
-from commit.config import COORDINATOR_GROUP, ClusterConfig, ConfigError, Limits
+from commit.config import COORDINATOR_GROUP, ClusterConfig, ConfigError
 from commit.node.decision_log import DecisionLog
 from commit.node.decision_stores import LocalLogStore, RaftStore
 from commit.node.faults import LinkFaults
@@ -29,6 +32,7 @@ from commit.node.hooks import FaultHooks
 from commit.node.paxos_roles import PaxosNode
 from commit.node.peers import Peers
 from commit.node.resolver import InDoubtResolver
+from commit.node.sagas import SagaOrchestrator
 from commit.node.silence_watch import SilenceWatch
 from commit.node.state_machines.coordinator_group import CoordinatorState
 from commit.node.state_machines.shard import ShardState
@@ -36,6 +40,7 @@ from commit.node.tracing import Tracer
 from commit.node.transaction_manager import PaxosSetup, TransactionManager, recover_in_flight
 from commit.outcomes import ABORTED, PREPARED
 from commit.protocols.registry import PROTOCOLS, Coordinator, DecisionStore, ProtocolSpec
+from commit.saga.remote import open_service_connections
 from consensus.acceptor import Acceptor
 from consensus.errors import ClusterError
 from consensus.group import ReplicaGroup, StateMachine, open_replica_groups
@@ -46,9 +51,9 @@ log = logging.getLogger(__name__)
 LEADERSHIP_POLL_S = 0.1
 
 
-def _machine_for(group_name: str, limits: Limits) -> StateMachine:
-    cap = limits.max_remembered_transactions  # every replica reads the same cluster.toml: a deterministic cap
-    return CoordinatorState(cap) if group_name == COORDINATOR_GROUP else ShardState(cap)
+def _machine_for(group_name: str, config: ClusterConfig) -> StateMachine:
+    cap = config.limits.max_remembered_transactions  # every replica reads the same cluster.toml: deterministic caps
+    return CoordinatorState(cap, config.sagas) if group_name == COORDINATOR_GROUP else ShardState(cap)
 
 
 async def _watch_coordinator_leadership(manager: TransactionManager, group: ReplicaGroup) -> None:
@@ -80,14 +85,15 @@ async def serve_node(
                           "unauthenticated ports (start it with node.py, which makes them: commit.credentials)")
     config.node_dir(node_id).mkdir(parents=True, exist_ok=True)
     token = trio.lowlevel.current_trio_token()
-    specs = [(spec, _machine_for(spec.name, config.limits)) for spec in config.group_specs(node_id)]
+    specs = [(spec, _machine_for(spec.name, config)) for spec in config.group_specs(node_id)]
     txn = config.transactions
     hooks = FaultHooks(txn.fault_hooks)
     faults = LinkFaults(node_id, txn.fault_hooks)
     tracer = Tracer(node_id, config.limits.max_traced_transactions)
     acceptors = config.coordinator_members
     with open_replica_groups(specs, token) as groups:
-        async with connect(config, as_node=node_id) as peer_db, trio.open_nursery() as nursery:
+        async with connect(config, as_node=node_id) as peer_db, connect(config) as client_db, \
+                open_service_connections(client_db) as services, trio.open_nursery() as nursery:
             if faults.enabled:
                 peer_db.lose = faults.lost  # this node's outgoing node-to-node messages only
             peers = Peers(peer_db, tracer)
@@ -139,7 +145,12 @@ async def serve_node(
             nursery.start_soon(resolver.run)
             paxos_node = PaxosNode(node_id, acceptor, acceptors, peers, tracer, shards,
                                    txn.vote_timeout_s, nursery, config.limits.max_pending_bundles)
-            parts = NodeParts(config, node_id, groups, managers, resolver, silence, hooks, faults, paxos_node, tracer)
+            orchestrator = None
+            if coord is not None:
+                orchestrator = SagaOrchestrator(coord, services, config.sagas, config.timeouts.request_s, nursery)
+                nursery.start_soon(orchestrator.watch)
+            parts = NodeParts(config, node_id, groups, managers, resolver, silence, hooks, faults, paxos_node, tracer,
+                              orchestrator)
             await nursery.start(
                 partial(
                     serve_rpc, node_routes(parts), node_id=node_id, host=node.host,

@@ -81,6 +81,7 @@ def render_config(
     timeouts: dict[str, Any] | None = None,
     limits: dict[str, Any] | None = None,
     transactions: dict[str, Any] | None = None,
+    sagas: dict[str, Any] | None = None,
     coordinator_members: list[str] | None = None,
     shard_members: list[str] | None = None,
 ) -> str:
@@ -97,7 +98,8 @@ def render_config(
 
     lines += ["", "[coordinator]", f"members = [{members(coordinator_members)}]",
               "", "[shards]", f"count = {shards}", f"members = [{members(shard_members)}]"]
-    tables = (("raft", raft), ("timeouts", timeouts), ("limits", limits), ("transactions", transactions))
+    tables = (("raft", raft), ("timeouts", timeouts), ("limits", limits), ("transactions", transactions),
+              ("sagas", sagas))
     for table, values in tables:
         if values:
             lines += ["", f"[{table}]"] + [f"{k} = {_toml(v)}" for k, v in values.items()]

@@ -5,6 +5,7 @@
     participants  shard.prepare, shard.query, shard.decide, shard.inspect, 3pc.join, 3pc.move
     paxos         paxos.phase2a, paxos.phase2b, paxos.learn, paxos.phase1a, paxos.accept
     operator      node.status, node.trace, node.compact, coord.epoch
+    sagas         saga.start, saga.list, saga.show, saga.retry, saga.skip, saga.compensate
     testing       test.hold, test.transfer_leader, test.fault   (only with transactions.fault_hooks)
 
 The participants' and Paxos methods are sent by nodes only (``NODE_METHODS``):
@@ -26,6 +27,7 @@ from commit.node.handlers.base import Handler, NodeParts
 from commit.node.handlers.kv import KeyValue
 from commit.node.handlers.operator import Operator
 from commit.node.handlers.participants import Participants
+from commit.node.handlers.sagas import SagaMethods
 from commit.node.handlers.paxos import PaxosMessages
 from commit.node.handlers.testing import Testing
 from commit.node.handlers.transactions import Transactions
@@ -51,7 +53,8 @@ def _for_nodes_only(method: str, handler: Handler) -> Handler:
 def node_routes(node: NodeParts) -> dict[str, Handler]:
     """Every RPC method of a node, by name (what ``consensus.rpc.serve_rpc`` dispatches on)."""
     routes: dict[str, Handler] = {}
-    for handlers in (KeyValue(node), Transactions(node), Participants(node), PaxosMessages(node), Operator(node)):
+    for handlers in (KeyValue(node), Transactions(node), Participants(node), PaxosMessages(node), Operator(node),
+                     SagaMethods(node)):
         routes |= handlers.routes()
     testing = Testing(node, methods=routes.keys())
     routes |= testing.routes()

@@ -20,6 +20,7 @@ from commit.node.handlers.params import ParamChecks
 from commit.node.hooks import FaultHooks
 from commit.node.paxos_roles import PaxosNode
 from commit.node.resolver import InDoubtResolver
+from commit.node.sagas import SagaOrchestrator
 from commit.node.silence_watch import SilenceWatch
 from commit.node.state_machines.shard import ShardState
 from commit.node.tracing import Tracer
@@ -50,6 +51,7 @@ class NodeParts:
     faults: LinkFaults
     paxos: PaxosNode
     tracer: Tracer
+    sagas: SagaOrchestrator | None  # on the nodes that host the coordinator group
     one_phase: dict[str, int] = field(default_factory=lambda: {COMMITTED: 0, ABORTED: 0})
 
 

@@ -48,6 +48,9 @@ class Operator(Handlers):
         in_doubt += node.resolver.in_doubt(now) + node.silence.in_doubt(now)
         counters = {"messages_sent": dict(node.tracer.messages), "forced_writes": dict(node.tracer.forced_writes),
                     "3pc_participant": node.silence.counts()}
+        if node.sagas is not None:
+            counters["sagas"] = node.sagas.records.counts()
+            counters["saga_orchestrator"] = {**node.sagas.counters, "driving": len(node.sagas.runs)}
         status: dict[str, Any] = {"node": node.node_id, "groups": rows, "transactions": transactions,
                                   "in_doubt": in_doubt, "counters": counters}
         storage = storage_problems(node.managers.values(), node.paxos.acceptor)

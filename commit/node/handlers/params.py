@@ -20,6 +20,7 @@ from commit.txids import check_participants, check_txid, protocol_of
 from consensus.errors import InvalidRequest
 from consensus.paxos import Ballot, ballot_of
 from consensus.sessions import SessionRef
+from consensus.wire import nested_deeper
 
 MAX_SESSION_NUMBER = 2**63 - 1  # msgpack's largest signed integer
 MAX_HOP = 64  # a message chain longer than any protocol's is forged
@@ -72,18 +73,6 @@ def one_of(raw: Any, allowed: tuple[str, ...], what: str) -> str:
     return raw
 
 
-def _nested_deeper(raw: Any, limit: int) -> bool:
-    """Whether arrays and maps nest more than ``limit`` deep in ``raw``: level by level, never recursing, so
-    that a hostile depth meets neither Python's recursion limit nor any check that recurses later."""
-    level = [raw]
-    for _ in range(limit + 1):
-        containers = [x for x in level if isinstance(x, (list, tuple, dict))]
-        if not containers:
-            return False
-        level = [inner for c in containers for inner in ([*c.keys(), *c.values()] if isinstance(c, dict) else c)]
-    return True
-
-
 class ParamChecks:
     """The checks that depend on this cluster: its limits, its shards, its nodes."""
 
@@ -95,7 +84,7 @@ class ParamChecks:
     def shape(self, params: dict[str, Any]) -> None:
         """The whole request at once, before any other check: at most ``limits.max_nesting_depth`` deep."""
         limit = self.config.limits.max_nesting_depth
-        if _nested_deeper(params, limit):
+        if nested_deeper(params, limit):
             raise InvalidRequest(f"parameters nest deeper than {limit} arrays and maps (limits.max_nesting_depth)")
 
     def txid(self, params: dict[str, Any], method: str) -> str:

@@ -1,4 +1,4 @@
-"""The coordinator group's state machine: epochs and ``raft-2pc`` transaction records.
+"""The coordinator group's state machine: epochs, ``raft-2pc`` transaction records, and saga records.
 
 A ``raft-2pc`` transaction is recorded here before any PREPARE is sent
 (``begin``: txid and participants), and its outcome is set exactly once by
@@ -11,6 +11,9 @@ flight under the old one (``in_flight``) and finishes it.
 of, the group records it as aborted, so a ``begin`` that arrives later (an
 old leader's proposal, delayed) learns the outcome instead of starting it.
 
+Saga records (definitions and histories) are ``saga_records.SagaRecords``; their commands start with
+``saga.``.
+
 Pure and deterministic, like every replicated state machine here.
 """
 
@@ -19,7 +22,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from commit.config import Limits
+from commit.config import Limits, Sagas
+from commit.node.state_machines.saga_records import SagaRecords
 from commit.outcomes import ABORTED, COMMITTED, PENDING
 from consensus.bounded import BoundedTable
 from consensus.errors import InvalidRequest
@@ -33,10 +37,11 @@ class TxnRecord:
 
 
 class CoordinatorState:
-    def __init__(self, max_decided: int = Limits.max_remembered_transactions) -> None:
+    def __init__(self, max_decided: int = Limits.max_remembered_transactions, sagas: Sagas = Sagas()) -> None:
         self.epoch = 0
         self.txns: dict[str, TxnRecord] = {}
         self.decided: BoundedTable[str, str] = BoundedTable(max_decided)
+        self.sagas = SagaRecords(sagas)
 
     def outcome_of(self, txid: str) -> str | None:
         record = self.txns.get(txid)
@@ -64,6 +69,8 @@ class CoordinatorState:
             case ("fence", str() as txid):
                 known = self.outcome_of(txid)
                 return known if known is not None else self._decide(txid, ABORTED)
+            case (str() as name, *_) if name.startswith("saga."):
+                return self.sagas.apply(command)
             case ("finish", str() as txid):
                 record = self.txns.get(txid)
                 if record is not None and record.outcome is not None:
