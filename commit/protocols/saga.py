@@ -14,8 +14,10 @@ The rules, and where they come from:
   step that was ever called, in reverse order of first call, one at a time (Garcia-Molina & Salem,
   "Sagas", SIGMOD 1987). A step whose action may not have run is compensated too: the barrier turns that
   into a null compensation that fences the action (dtm), so no action is left hanging.
-* After the pivot (Richardson's step kinds), failures go forward only; a pivot that did not answer
-  (its last error retryable) may have happened, so the saga is ``stuck`` rather than compensated.
+* After the pivot (Richardson's step kinds), failures go forward only. A pivot cannot be undone and so
+  cannot be fenced: once any attempt of it failed without saying whether it applied (a retryable error:
+  a timeout, an unreachable service), a later refusal does not prove it never will, and the saga is
+  ``stuck`` rather than compensated; an operator may not compensate while its call is out either.
 * A compensation (and a TCC Confirm) is retried by its own policy; one that exhausts it leaves the saga
   ``stuck``: visible, kept, and acted on by an operator (Seata's forward / skipAndForward / compensate,
   Temporal's reset). ``Operator`` commands are history events too.
@@ -94,7 +96,9 @@ class CallStep:
 
 @dataclass(slots=True)
 class _Progress:
-    attempts: dict[Op, int] = field(default_factory=dict)
+    attempts: dict[Op, int] = field(default_factory=dict)  # calls made, ever (attempt numbers never repeat)
+    spent: dict[Op, int] = field(default_factory=dict)  # attempts an operator's retry took off the policy's count
+    ambiguous: set[Op] = field(default_factory=set)  # an attempt failed without saying whether it applied
     results: dict[Op, Any] = field(default_factory=dict)  # succeeded or skipped
     in_flight: dict[Op, int] = field(default_factory=dict)  # op -> the attempt awaited
     waiting: set[Op] = field(default_factory=set)  # a retry timer is set
@@ -161,8 +165,12 @@ class SagaCore:
         if self.saga_state == STUCK and self.stuck_on is None:
             return f"saga {self.saga} is stuck for good: {self.reason}"
         if command == COMPENSATE:
-            if self.saga_state not in (RUNNING, STUCK) or self._forward_only():
-                return f"saga {self.saga} is {self.saga_state} and past its pivot: it can only go forward"
+            if self.saga_state not in (RUNNING, STUCK):
+                return f"saga {self.saga} is {self.saga_state}: there is nothing to compensate"
+            if self._forward_only():
+                return f"saga {self.saga} is past its pivot: it can only go forward"
+            if self._pivot_out():
+                return f"saga {self.saga}: its pivot's call is out, and a pivot cannot be undone; wait for its answer"
             return None
         if self.saga_state != STUCK:
             return f"saga {self.saga} is {self.saga_state}, not stuck: nothing to {command}"
@@ -172,8 +180,8 @@ class SagaCore:
 
     def _answered(self, answer: StepAnswered) -> None:
         key = (answer.step, answer.op)
-        if self.progress.in_flight.get(key) != answer.attempt:
-            return  # a stale answer: its op was given up, compensated, or called again since
+        if self.state == "done" or self.progress.in_flight.get(key) != answer.attempt:
+            return  # a stale answer: its op was given up, compensated, called again, or the saga stopped
         reply = answer.reply
         if "ok" in reply:
             self._record({"event": "succeeded", "step": answer.step, "op": answer.op, "result": reply["ok"]})
@@ -184,9 +192,10 @@ class SagaCore:
                  "retryable": bool(failed.get("retryable", True))}
         self._record({"event": "failed", "step": answer.step, "op": answer.op, **error})
         policy = self._policy(key)
-        if policy.allows(self.progress.attempts[key], error["error"], error["retryable"]):
+        counted = self.progress.attempts[key] - self.progress.spent.get(key, 0)
+        if policy.allows(counted, error["error"], error["retryable"]):
             self.progress.waiting.add(key)
-            delay = policy.delay_after(self.progress.attempts[key])
+            delay = policy.delay_after(counted)
             self._effects.append(SetTimer(name=f"{answer.op}/{answer.step}", deadline=answer.now + delay))
             return
         self._gave_up(key, error, answer.now)
@@ -196,8 +205,9 @@ class SagaCore:
         why = f"{op} of {step} failed for good: {error['error']}: {error['message']}"
         if op != ACTION or self._forward_only() or self.definition.step(step).kind == RETRIABLE:
             self._set_state(STUCK, why, key)
-        elif self.definition.step(step).kind == PIVOT and error["retryable"]:
-            self._set_state(STUCK, f"{why}; the pivot may have happened, so nothing is compensated", key)
+        elif self.definition.step(step).kind == PIVOT and key in self.progress.ambiguous:
+            self._set_state(STUCK, f"{why}; an earlier or this attempt may still apply the pivot, which cannot "
+                                   "be undone, so nothing is compensated", key)
         elif self.saga_state == RUNNING:
             self._set_state(COMPENSATING, why)
             self._advance(now)
@@ -205,7 +215,7 @@ class SagaCore:
     def _retry_due(self, now: float, name: str) -> None:
         op, _, step = name.partition("/")
         key = (step, op)
-        if key not in self.progress.waiting:
+        if self.state == "done" or key not in self.progress.waiting:
             return
         self.progress.waiting.discard(key)
         if self._wanted(key):
@@ -297,6 +307,8 @@ class SagaCore:
         elif kind == "failed":
             p.in_flight.pop(key, None)
             p.last_error[key] = event
+            if event["retryable"]:
+                p.ambiguous.add(key)
         elif kind == "state":
             self.saga_state, self.reason = event["state"], event.get("reason", "")
             if event["state"] == STUCK:
@@ -315,15 +327,23 @@ class SagaCore:
         key, was = self.stuck_on
         self.saga_state, self.stuck_on = was, None
         if command == RETRY:
-            self.progress.attempts[key] = 0
+            self.progress.spent[key] = self.progress.attempts.get(key, 0)
         else:
             self.progress.results[key] = {"skipped": True}
+            if key[1] == ACTION and self.definition.step(key[0]).kind == PIVOT:
+                self.pivot_done = True  # the operator says the pivot happened: forward only from here
 
     def _forget_forward(self) -> None:
         """Compensation starts: forward calls still out are given up (the barrier fences them)."""
         p = self.progress
         p.in_flight = {k: a for k, a in p.in_flight.items() if k[1] == COMPENSATION}
         p.waiting = {k for k in p.waiting if k[1] == COMPENSATION}
+
+    def _pivot_out(self) -> bool:
+        """The pivot was called and its answer is awaited, or it waits for its next attempt."""
+        pivot = self.definition.pivot
+        key = (pivot, ACTION)
+        return pivot is not None and (key in self.progress.in_flight or key in self.progress.waiting)
 
     def _forward_only(self) -> bool:
         """Past the point of no return: the pivot succeeded, or TCC began confirming."""

@@ -16,6 +16,7 @@ TCC (``mode = "tcc"``) reuses the same steps: the action is the Try, the compens
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -42,7 +43,11 @@ class Retry:
     non_retryable_errors: tuple[str, ...] = ()
 
     def delay_after(self, attempt: int) -> float:
-        """How long to wait after failed attempt number ``attempt`` (1-based)."""
+        """How long to wait after failed attempt number ``attempt`` (1-based); the exponent is capped before
+        the power is taken, so an unlimited policy never overflows a float."""
+        ceiling = self.maximum_interval_s / self.initial_interval_s
+        if self.backoff_coefficient > 1 and attempt - 1 >= math.log(ceiling, self.backoff_coefficient):
+            return self.maximum_interval_s
         return min(self.initial_interval_s * self.backoff_coefficient ** (attempt - 1), self.maximum_interval_s)
 
     def allows(self, attempts: int, error: str, retryable: bool) -> bool:
@@ -97,6 +102,9 @@ def parse_definition(raw: Any, sagas: Sagas) -> Definition:
     """A definition from the wire, checked whole; ``InvalidRequest`` names the first thing wrong."""
     if not isinstance(raw, dict):
         raise InvalidRequest("a saga definition must be a map with mode and steps")
+    unknown = set(raw) - {"mode", "steps"}
+    if unknown:
+        raise InvalidRequest(f"a saga definition has mode and steps only; unknown fields {sorted(map(str, unknown))}")
     mode = raw.get("mode", SAGA)
     if mode not in MODES:
         raise InvalidRequest(f"saga mode must be one of {MODES}, got {mode!r:.40}")

@@ -30,6 +30,16 @@ OUTCOMES = (COMMITTED, ABORTED)
 KEYS = (b"a", b"b", b"c")
 
 
+
+def weighted_pick(rng: random.Random, cands: list[tuple[float, str, list[Any]]]) -> tuple[str, Any]:
+    """One of ``(weight, action, args)``, chosen with its weight, and one of its args, uniformly."""
+    pick = rng.random() * sum(c[0] for c in cands)
+    for weight, name, args in cands:
+        pick -= weight
+        if pick < 0:
+            break
+    return name, args[rng.randrange(len(args))]
+
 class SimulationFailure(AssertionError):
     """An invariant broke, the core raised ``ProtocolError``, or the healed world did not settle."""
 
@@ -379,12 +389,8 @@ class SimWorld(ABC):
         cands = self._candidates(weights, healing)
         if not cands:
             return False
-        pick = self.rng.random() * sum(c[0] for c in cands)
-        for weight, name, args in cands:
-            pick -= weight
-            if pick < 0:
-                break
-        self.do((name, args[self.rng.randrange(len(args))]))
+        name, arg = weighted_pick(self.rng, cands)
+        self.do((name, arg))
         return True
 
     def run_chaos(self, steps: int | None = None, weights: Any = None) -> None:
