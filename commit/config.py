@@ -114,6 +114,9 @@ class Sagas:
     max_history_events: int = 10_000  # events one saga records; a saga that reaches it is stuck
     max_active_sagas: int = 10_000  # running, compensating and stuck sagas; saga.start is refused beyond
     max_remembered_sagas: int = 10_000  # finished sagas the coordinator group keeps, oldest forgotten first
+    max_definition_bytes: int = 256 * 1024  # one definition, packed (its steps' inputs included)
+    max_result_bytes: int = 64 * 1024  # one step's result as recorded in the history; larger fails the step
+    max_listed_sagas: int = 1000  # rows one saga.list answers with, newest first
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ settled by a status question before it counts as a failure.
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import trio
@@ -73,3 +74,13 @@ class RetryPolicy:
         if self.maybe_applied:
             return Timeout(message, maybe_applied=True)
         return Unavailable(message)
+
+
+def poll_delays(timeouts: Timeouts) -> Iterator[float]:
+    """The waits between looks at something that ends by itself (a saga, an outcome): short at first, since
+    most end within milliseconds and a fixed ``status_poll_s`` would add up to that much to each, then
+    doubling up to ``status_poll_s``."""
+    delay = timeouts.backoff_initial_s
+    while True:
+        yield delay
+        delay = min(delay * 2, timeouts.status_poll_s)

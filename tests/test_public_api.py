@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import importlib
 import re
 import subprocess
 import sys
@@ -11,16 +12,26 @@ from pathlib import Path
 import commit
 
 ROOT = Path(__file__).resolve().parent.parent
+SUBPACKAGES = {"saga"}  # imported as ``from commit.saga import ...``; each has its own __all__
 
 
 def test_every_name_the_readme_uses_is_exported() -> None:
     readme = (ROOT / "README.md").read_text()
-    used = set(re.findall(r"commit\.([A-Za-z_]+)", readme))
+    used = set(re.findall(r"commit\.([A-Za-z_]+)", readme)) - SUBPACKAGES
     exported = set(commit.__all__)
     assert used, "README shows no commit.* names"
     assert used <= exported, f"README mentions names that are not exported: {used - exported}"
     for name in ("Unavailable", "Timeout", "Unauthorized", "SessionExpired", "InternalError"):
         assert name in readme and name in exported
+
+
+def test_every_name_the_readme_imports_from_a_subpackage_is_exported() -> None:
+    readme = (ROOT / "README.md").read_text()
+    for package in SUBPACKAGES:
+        module = importlib.import_module(f"commit.{package}")
+        for names in re.findall(rf"from commit\.{package} import ([\w, ]+)", readme):
+            missing = {n.strip() for n in names.split(",")} - set(module.__all__)
+            assert not missing, f"README imports {missing} from commit.{package}, which does not export them"
 
 
 def test_all_names_exist() -> None:

@@ -11,6 +11,7 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +51,12 @@ async def subtract(ctx: StepContext, input: dict[str, Any], result: int) -> None
 @counter.action("refuse")
 async def refuse(ctx: StepContext, input: dict[str, Any]) -> None:
     raise Fail("Refused", "this step always says no")
+
+
+@counter.action("boast")
+async def boast(ctx: StepContext, input: dict[str, Any]) -> str:
+    ctx.put(input["key"], 1)
+    return "x" * input["size"]
 
 
 @counter.action("finish")
@@ -198,3 +205,21 @@ async def test_node_status_counts_sagas_by_state(saga_cluster: LocalCluster) -> 
     leader = (await saga_cluster.leaders())["coord"]
     counters = (await saga_cluster.call(leader, "node.status", {}))["counters"]
     assert counters["sagas"]["completed"] >= 1 and counters["saga_orchestrator"]["calls"] >= 1
+
+
+async def test_oversized_definitions_results_and_listings_are_refused(saga_cluster: LocalCluster) -> None:
+    """Every replica keeps a definition and a history for the saga's life: both are bounded."""
+    sagas_config = saga_cluster.config.sagas
+    async with serving(saga_cluster) as sagas:
+        huge = Saga().step("a", **compensatable("huge"))
+        huge.steps[0] = replace(huge.steps[0], input={"key": "huge", "pad": "p" * sagas_config.max_definition_bytes})
+        with pytest.raises(commit.InvalidRequest, match="max_definition_bytes"):
+            await sagas.start(huge, "huge")
+        with pytest.raises(commit.InvalidRequest, match="max_listed_sagas"):
+            await sagas.list(limit=sagas_config.max_listed_sagas + 1)
+        boastful = Saga().step("a", service="counter", action="boast", compensation="subtract",
+                               input={"key": "boastful", "size": sagas_config.max_result_bytes + 1})
+        final = await sagas.run(boastful, "boastful", WAIT_S)
+        assert final["state"] == "compensated", final
+        assert [e["error"] for e in final["history"] if e["event"] == "failed"] == ["ResultTooLarge"]
+        assert (await sagas.db.get("counter/boastful")).value == 0  # applied, then undone

@@ -21,6 +21,7 @@ import logging
 import time
 from typing import Any
 
+import msgpack
 import trio
 
 from commit.config import Sagas
@@ -30,6 +31,7 @@ from commit.node.state_machines.saga_records import SagaRecords
 from commit.protocols.events import Finished
 from commit.protocols.saga import COMPENSATION, CallStep, Operator, Record, Resume, SagaCore, StepAnswered
 from commit.protocols.saga_definition import parse_definition
+from commit.saga.barrier import failed
 from commit.saga.remote import ServiceConnections
 from consensus.errors import InvalidRequest, Timeout
 from consensus.group import ReplicaGroup
@@ -41,10 +43,11 @@ LEADERSHIP_POLL_S = 0.1
 
 class SagaOrchestrator:
     def __init__(self, group: ReplicaGroup, services: ServiceConnections, sagas: Sagas,
-                 request_timeout_s: float, nursery: trio.Nursery) -> None:
+                 request_timeout_s: float, max_reason_chars: int, nursery: trio.Nursery) -> None:
         self.group = group
         self.services = services
         self.sagas = sagas
+        self.max_reason_chars = max_reason_chars
         self.request_timeout_s = request_timeout_s
         self.nursery = nursery
         self.runs: dict[str, tuple[trio.CancelScope, CoreRun]] = {}
@@ -167,12 +170,26 @@ class SagaOrchestrator:
         run.tasks.start_soon(self._call, run, effect)
 
     async def _call(self, run: CoreRun, effect: CallStep) -> None:
-        reply = await self.services.call_step(
+        reply = self.bounded(await self.services.call_step(
             effect.service, saga=effect.saga, step=effect.step, op=effect.op,
             handler=effect.handler, input=effect.input, timeout_s=effect.timeout_s,
-        )
+        ))
         run.feed(StepAnswered(now=trio.current_time(), step=effect.step, op=effect.op, attempt=effect.attempt,
                               reply=reply))
+
+    def bounded(self, reply: dict[str, Any]) -> dict[str, Any]:
+        """A service's reply as the history may keep it: every replica holds the history for the saga's
+        life, so a result over ``sagas.max_result_bytes`` fails the step (not retryable: the same call
+        gives the same result; the barrier kept it, so its compensation undoes it), and an error message
+        is cut to ``limits.max_reason_chars``."""
+        if "ok" in reply and len(msgpack.packb(reply["ok"])) > self.sagas.max_result_bytes:
+            return failed("ResultTooLarge", f"the result packs to more than {self.sagas.max_result_bytes} bytes "
+                                            "(sagas.max_result_bytes)", False)
+        error = reply.get("failed")
+        if isinstance(error, dict):
+            return failed(str(error.get("error", "Unknown"))[:self.max_reason_chars],
+                          str(error.get("message", ""))[:self.max_reason_chars], bool(error.get("retryable", True)))
+        return reply
 
     async def finished(self, run: CoreRun, effect: Finished) -> None:
         log.info("saga %s: %s", run.txid, effect.outcome)

@@ -147,7 +147,8 @@ async def serve_node(
                                    txn.vote_timeout_s, nursery, config.limits.max_pending_bundles)
             orchestrator = None
             if coord is not None:
-                orchestrator = SagaOrchestrator(coord, services, config.sagas, config.timeouts.request_s, nursery)
+                orchestrator = SagaOrchestrator(coord, services, config.sagas, config.timeouts.request_s,
+                                                config.limits.max_reason_chars, nursery)
                 nursery.start_soon(orchestrator.watch)
             parts = NodeParts(config, node_id, groups, managers, resolver, silence, hooks, faults, paxos_node, tracer,
                               orchestrator)

@@ -20,6 +20,7 @@ import trio
 from commit.client import Database
 from commit.config import COORDINATOR_GROUP
 from commit.protocols.saga import FINAL_STATES, STUCK
+from commit.retry import poll_delays
 from commit.protocols.saga_definition import COMPENSATABLE, SAGA, Step, to_wire
 from consensus.errors import Timeout
 
@@ -78,11 +79,11 @@ class SagaClient:
         limit = timeout_s if timeout_s is not None else self.db.config.timeouts.client_deadline_s
         shown: dict[str, Any] = {"state": "not shown yet"}
         with trio.move_on_after(limit):
-            while True:
+            for delay in poll_delays(self.db.config.timeouts):
                 shown = await self.show(saga_id)
                 if shown["state"] in FINAL_STATES or shown["state"] == STUCK:
                     return shown
-                await trio.sleep(self.db.config.timeouts.status_poll_s)
+                await trio.sleep(delay)
         raise Timeout(f"saga {saga_id} still {shown['state']} after {limit}s", maybe_applied=True)
 
     async def run(self, saga: Saga | dict[str, Any], saga_id: str | None = None,

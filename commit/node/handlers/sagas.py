@@ -1,13 +1,14 @@
 """Sagas as clients and operators ask for them; every method goes to the coordinator group's leader.
 
     saga.start       {saga, definition}      -> {saga, state, new}
-    saga.list        {state?, limit?}        -> {sagas: [summary...]}   newest first
+    saga.list        {state?, limit?}        -> {sagas: [summary...]}   newest first, at most max_listed_sagas
     saga.show        {saga}                  -> {saga, state, reason, definition, history}
     saga.retry       {saga, step?}           -> {saga, state}   a stuck saga calls its op again
     saga.skip        {saga, step?}           -> {saga, state}   ... counts it as done and goes on
     saga.compensate  {saga}                  -> {saga, state}   ... or one before its pivot compensates
 
-A definition (``commit.protocols.saga_definition``) is checked whole before it is recorded; a saga id
+A definition (``commit.protocols.saga_definition``) is checked whole before it is recorded, and packs to at
+most ``sagas.max_definition_bytes`` (every replica keeps it for the saga's life); a saga id
 started twice with the same definition is the same saga (a retried start is harmless), with another is
 ``invalid_request``. ``saga.start`` answers once the saga is recorded, not when it ends: clients wait
 with ``saga.show`` (``commit.saga.client``).
@@ -18,6 +19,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import msgpack
 import trio
 
 from commit.config import COORDINATOR_GROUP
@@ -46,6 +48,9 @@ class SagaMethods(Handlers):
     async def start(self, params: dict[str, Any]) -> dict[str, Any]:
         saga = self.saga_id(params)
         definition = params.get("definition")
+        cap = self.config.sagas.max_definition_bytes
+        if len(msgpack.packb(definition)) > cap:
+            raise InvalidRequest(f"a saga definition packs to more than {cap} bytes (sagas.max_definition_bytes)")
         parse_definition(definition, self.config.sagas)
         orchestrator = self.orchestrator()
         result = await self.propose(orchestrator.group, ("saga.start", saga, definition, time.time()))
@@ -57,9 +62,10 @@ class SagaMethods(Handlers):
         state = params.get("state")
         if state is not None and state not in SAGA_STATES:
             raise InvalidRequest(f"state must be one of {SAGA_STATES}, got {state!r:.40}")
-        limit = params.get("limit", self.config.sagas.max_active_sagas)
-        if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
-            raise InvalidRequest("limit must be a positive integer")
+        cap = self.config.sagas.max_listed_sagas
+        limit = params.get("limit", cap)
+        if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= cap:
+            raise InvalidRequest(f"limit must be an integer from 1 to {cap} (sagas.max_listed_sagas)")
         records = self.orchestrator().records
         rows = [r.summary(s) for s, r in (*records.active.items(), *records.finished.items())]
         rows = [r for r in rows if state is None or r["state"] == state]
