@@ -19,8 +19,8 @@ test: $(VENV)/.installed
 	$(PY) -m pytest
 
 lint: $(VENV)/.installed
-	$(PY) -m pyflakes consensus commit bench node.py tests
-	$(PY) -m mypy --ignore-missing-imports consensus commit bench node.py
+	$(PY) -m pyflakes consensus commit bench examples node.py tests
+	$(PY) -m mypy --ignore-missing-imports consensus commit bench examples node.py
 
 bench: $(VENV)/.installed
 	$(PY) -m bench.kv

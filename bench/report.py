@@ -41,10 +41,11 @@ def open_cluster(config_path: str | None, options: dict[str, Any]) -> Iterator[t
             cluster.stop()
 
 
-def write_report(name: str, report: dict[str, Any], columns: Sequence[str], as_json: bool) -> None:
+def write_report(name: str, report: dict[str, Any], columns: Sequence[str], as_json: bool,
+                 results: Path = RESULTS) -> None:
     report = {**report, "cpus": os.cpu_count()}
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"{name}.json").write_text(json.dumps(report, indent=2))
+    results.mkdir(parents=True, exist_ok=True)
+    (results / f"{name}.json").write_text(json.dumps(report, indent=2))
     if as_json:
         print(json.dumps(report, indent=2))
     else:

@@ -159,15 +159,54 @@ async def test_a_confirm_needs_its_try_and_settles_it_once(shared_cluster: Local
         await assert_applied_at_most_once(db, service.name, ["s0", "s1"])
 
 
-async def test_a_fail_commits_nothing_and_its_compensation_is_null(shared_cluster: LocalCluster) -> None:
+async def test_a_fail_commits_nothing_but_its_refusal_and_its_compensation_is_null(
+    shared_cluster: LocalCluster,
+) -> None:
+    """The refusal is the branch's answer: a repeat gets it, even once the stock would allow it now."""
     service = inventory("inv-fail")
     async with serving(shared_cluster, service, seed=SEED) as (db, connections):
         refused = await step(connections, service.name, "s1", "action", "reserve", qty=STOCK + 1)
         assert refused == {"failed": {"error": "OutOfStock", "message": f"{STOCK} left", "retryable": False}}
-        assert await barrier_row(db, service.name, "s1", "action") is None
+        assert await barrier_row(db, service.name, "s1", "action") == refused
+        await db.put(f"{service.name}/stock/{SKU}", 2 * STOCK)
+        assert await step(connections, service.name, "s1", "action", "reserve", qty=STOCK + 1) == refused
         assert await step(connections, service.name, "s1", "compensation", "release") == {"ok": None}
         assert await barrier_row(db, service.name, "s1", "compensation") == {"ok": None, "null": True}
-        assert await stock(db, service.name) == STOCK
+        assert await stock(db, service.name) == 2 * STOCK
+
+
+FIRST_COMMITS_S, SECOND_READS_S, SECOND_STARTS_S = 0.3, 0.5, 0.1
+
+
+async def test_a_refusal_made_on_a_concurrent_attempt_s_effects_is_not_the_answer(shared_cluster: LocalCluster) -> None:
+    """Two attempts of one step at once (a timeout's retry beside the first call): the second reads the row
+    as absent, then the first one's record, and refuses. Its reads were never validated; the answer both
+    get must be the first one's, which applied."""
+    service = Service("inv-race")
+    runs = {"n": 0}
+
+    @service.action("take")
+    async def take(ctx: StepContext, input: Any) -> str:
+        runs["n"] += 1
+        await trio.sleep(FIRST_COMMITS_S if runs["n"] == 1 else SECOND_READS_S)
+        if await ctx.get("record") is not None:
+            raise Fail("AlreadyTaken", "a record exists")
+        ctx.put("record", {"by": ctx.saga})
+        return "taken"
+
+    async with serving(shared_cluster, service) as (db, connections):
+        replies: list[Any] = []
+
+        async def attempt(delay: float) -> None:
+            await trio.sleep(delay)
+            replies.append(await step(connections, service.name, "s1", "action", "take"))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(attempt, 0.0)
+            nursery.start_soon(attempt, SECOND_STARTS_S)
+        assert runs["n"] >= 2, "the two attempts did not overlap"
+        assert replies == [{"ok": "taken"}, {"ok": "taken"}], replies
+        assert await barrier_row(db, service.name, "s1", "action") == {"ok": "taken"}
 
 
 async def test_a_broken_handler_is_retryable_and_commits_nothing(shared_cluster: LocalCluster) -> None:

@@ -446,8 +446,8 @@ def test_a_pivot_whose_last_error_was_retryable_is_stuck_not_compensated() -> No
     assert effects == [
         record(5, failed("p", error="Timeout"),
                {"event": "state", "state": STUCK, "step": "p", "op": ACTION, "was": RUNNING,
-                "reason": "action of p failed for good: Timeout: it broke; an earlier or this attempt may still "
-                          "apply the pivot, which cannot be undone, so nothing is compensated"}),
+                "reason": "action of p failed for good: Timeout: it broke; the pivot may have happened, and it "
+                          "cannot be undone, so nothing is compensated"}),
         Finished(outcome=STUCK),
     ]
 

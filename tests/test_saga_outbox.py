@@ -158,7 +158,7 @@ async def test_a_failed_handler_emits_nothing(shared_cluster: LocalCluster) -> N
     source = producer("orders-fail", "OrderCreated-fail")
     async with serving(shared_cluster, source) as (db, connections):
         for handler, error in (("refuse", "Refused"), ("emit_badly", "InvalidRequest")):
-            reply = await connections.call_step(source.name, saga="s1", step="create", op="action", handler=handler,
+            reply = await connections.call_step(source.name, saga="s1", step=handler, op="action", handler=handler,
                                                 input={"order": 1}, timeout_s=db.config.sagas.attempt_timeout_s)
             assert reply["failed"]["error"] == error
         assert not (await db.get(f"{source.name}/_outbox/head")).exists

@@ -14,10 +14,12 @@ The rules, and where they come from:
   step that was ever called, in reverse order of first call, one at a time (Garcia-Molina & Salem,
   "Sagas", SIGMOD 1987). A step whose action may not have run is compensated too: the barrier turns that
   into a null compensation that fences the action (dtm), so no action is left hanging.
-* After the pivot (Richardson's step kinds), failures go forward only. A pivot cannot be undone and so
-  cannot be fenced: once any attempt of it failed without saying whether it applied (a retryable error:
-  a timeout, an unreachable service), a later refusal does not prove it never will, and the saga is
-  ``stuck`` rather than compensated; an operator may not compensate while its call is out either.
+* After the pivot (Richardson's step kinds), failures go forward only. A pivot cannot be undone, so it
+  is given up only on a final answer: a refusal the service's barrier recorded (``commit.saga.barrier``:
+  any late attempt of the same step, from a timeout or an old leader, then meets that row and applies
+  nothing). A pivot whose attempts ran out on retryable errors (timeouts, an unreachable service) may
+  have happened, and the saga is ``stuck`` rather than compensated; an operator may not compensate while
+  the pivot's call is out either.
 * A compensation (and a TCC Confirm) is retried by its own policy; one that exhausts it leaves the saga
   ``stuck``: visible, kept, and acted on by an operator (Seata's forward / skipAndForward / compensate,
   Temporal's reset). ``Operator`` commands are history events too.
@@ -98,7 +100,6 @@ class CallStep:
 class _Progress:
     attempts: dict[Op, int] = field(default_factory=dict)  # calls made, ever (attempt numbers never repeat)
     spent: dict[Op, int] = field(default_factory=dict)  # attempts an operator's retry took off the policy's count
-    ambiguous: set[Op] = field(default_factory=set)  # an attempt failed without saying whether it applied
     results: dict[Op, Any] = field(default_factory=dict)  # succeeded or skipped
     in_flight: dict[Op, int] = field(default_factory=dict)  # op -> the attempt awaited
     waiting: set[Op] = field(default_factory=set)  # a retry timer is set
@@ -205,9 +206,9 @@ class SagaCore:
         why = f"{op} of {step} failed for good: {error['error']}: {error['message']}"
         if op != ACTION or self._forward_only() or self.definition.step(step).kind == RETRIABLE:
             self._set_state(STUCK, why, key)
-        elif self.definition.step(step).kind == PIVOT and key in self.progress.ambiguous:
-            self._set_state(STUCK, f"{why}; an earlier or this attempt may still apply the pivot, which cannot "
-                                   "be undone, so nothing is compensated", key)
+        elif self.definition.step(step).kind == PIVOT and error["retryable"]:
+            self._set_state(STUCK, f"{why}; the pivot may have happened, and it cannot be undone, so nothing "
+                                   "is compensated", key)
         elif self.saga_state == RUNNING:
             self._set_state(COMPENSATING, why)
             self._advance(now)
@@ -307,8 +308,6 @@ class SagaCore:
         elif kind == "failed":
             p.in_flight.pop(key, None)
             p.last_error[key] = event
-            if event["retryable"]:
-                p.ambiguous.add(key)
         elif kind == "state":
             self.saga_state, self.reason = event["state"], event.get("reason", "")
             if event["state"] == STUCK:

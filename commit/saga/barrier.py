@@ -14,6 +14,12 @@ Here the table is keys of the store (docs/SAGAS.md, "Keys in the store"): a row 
 ``<service>/_barrier/<saga>/<step>/<op>``, read and written by the same ``commit.Transaction`` as the
 handler's writes. A conflicting duplicate running concurrently fails its commit (its read of the row is
 stale) and, retried by ``db.run``, finds the row: at most one of them commits the effect.
+
+An action's business refusal (``Fail``) is a row too, ``{"failed": ...}``, written by ``refuse`` in a
+transaction of its own that reads the row again: the handler's transaction never commits, so its reads
+were never validated, and a refusal based on another attempt's half-seen effects must not become the
+answer. A repeat then gets the same refusal, a late attempt is refused by it, and a compensation that
+finds it is a null compensation.
 """
 
 from __future__ import annotations
@@ -99,6 +105,21 @@ class Barrier:
         """The handler ran: its row goes into the transaction that holds its effects."""
         self.record(tx, branch.key(), ok(result))
 
+    async def refuse(self, tx: Transaction, branch: Branch, refusal: Reply) -> Reply:
+        """An action's ``Fail``, made the answer of its branch in a transaction of its own.
+
+        The handler's transaction is not committed, so its reads were never validated: two attempts of one
+        step may run at once (after a timeout, or a new leader's call), and the second may refuse on the
+        first one's effects while not yet seeing its row. Here the row is read again: if another attempt
+        recorded an answer, that is the answer; if not, the refusal is recorded, so a repeat gets it, a
+        late attempt that would apply is refused by it, and a compensation finds it (a null compensation).
+        """
+        admission = await self.admit(tx, branch)
+        if admission.reply is not None:
+            return admission.reply
+        self.record(tx, branch.key(), refusal)
+        return refusal
+
     def record(self, tx: Transaction, key: str, row: dict[str, Any]) -> None:
         tx.put(key, row)
 
@@ -108,6 +129,8 @@ class Barrier:
         if row.get("fenced") is True:
             return failed("Fenced", f"{branch.saga}/{branch.step} was compensated before its action arrived",
                           False)
+        if isinstance(row.get("failed"), dict):
+            return {"failed": row["failed"]}
         return ok(row.get("ok"))
 
     async def _compensation(self, tx: Transaction, branch: Branch) -> Admission:
@@ -116,11 +139,14 @@ class Barrier:
             self.record(tx, branch.key(ACTION), FENCED)
             self.record(tx, branch.key(), NULL_COMPENSATION)
             return Admission(reply=ok(None))
+        if "failed" in action:  # the action refused and applied nothing; its row already refuses a late one
+            self.record(tx, branch.key(), NULL_COMPENSATION)
+            return Admission(reply=ok(None))
         return Admission(prior=action.get("ok"))
 
     async def _confirm(self, tx: Transaction, branch: Branch) -> Admission:
         """TCC's Confirm settles a Try; without one there is nothing to settle, and waiting will not help."""
         action = await _row(tx, branch.key(ACTION))
-        if action is None or action.get("fenced") is True:
+        if action is None or action.get("fenced") is True or "failed" in action:
             return Admission(reply=failed("NotTried", f"{branch.saga}/{branch.step} has no recorded try", False))
         return Admission(prior=action.get("ok"))

@@ -283,7 +283,13 @@ class _Handlers:
         try:
             return await self.db.run(self._attempt, call)
         except Fail as exc:
-            return failed(str(exc.error), str(exc.message), False)
+            refusal = failed(str(exc.error), str(exc.message), False)
+            if call.branch.op != ACTION:
+                return refusal  # a compensation or confirm must succeed in the end: nothing is recorded
+            try:
+                return await self.db.run(self.service.barrier.refuse, call.branch, refusal)
+            except ClusterError as exc:
+                return failed(type(exc).__name__, exc.message, True)
         except ClusterError as exc:
             return failed(type(exc).__name__, exc.message, True)
         except Exception as exc:

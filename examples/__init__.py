@@ -1,0 +1,1 @@
+"""Worked examples of the store and its saga engine; each one runs against a real cluster."""
