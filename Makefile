@@ -25,6 +25,7 @@ lint: $(VENV)/.installed
 bench: $(VENV)/.installed
 	$(PY) -m bench.kv
 	$(PY) -m bench.txn
+	$(PY) -m bench.checkout
 
 down: $(VENV)/.installed
 	$(PY) node.py down
