@@ -31,7 +31,7 @@ from commit.node.state_machines.saga_records import SagaRecords
 from commit.protocols.events import Finished
 from commit.protocols.saga import COMPENSATION, CallStep, Operator, Record, Resume, SagaCore, StepAnswered
 from commit.protocols.saga_definition import parse_definition
-from commit.saga.barrier import failed
+from commit.saga.barrier import failed as failure
 from commit.saga.remote import ServiceConnections
 from consensus.errors import InvalidRequest, Timeout
 from consensus.group import ReplicaGroup
@@ -52,7 +52,7 @@ class SagaOrchestrator:
         self.nursery = nursery
         self.runs: dict[str, tuple[trio.CancelScope, CoreRun]] = {}
         self.not_before: dict[str, float] = {}  # a run that stopped on an error is adopted again after this
-        self.recorded: dict[str, trio.Event] = {}  # set at a saga's next append (an operator waits for it)
+        self.recorded: dict[str, trio.Event] = {}  # set once an operator's command is in the history
         self.counters = {"runs": 0, "calls": 0, "retries": 0, "compensations": 0, "stopped_on_error": 0}
 
     @property
@@ -153,9 +153,8 @@ class SagaOrchestrator:
         command = ("saga.append", effect.saga, effect.seq, list(effect.events), time.time())
         with trio.move_on_after(self.request_timeout_s):
             await self.group.propose(command)
-            appended = self.recorded.pop(effect.saga, None)
-            if appended is not None:
-                appended.set()
+            if any(e["event"] == "operator" for e in effect.events) and effect.saga in self.recorded:
+                self.recorded.pop(effect.saga).set()
             return
         raise Timeout(f"saga {effect.saga}: its history append was not applied within {self.request_timeout_s}s",
                       maybe_applied=True)
@@ -183,11 +182,11 @@ class SagaOrchestrator:
         gives the same result; the barrier kept it, so its compensation undoes it), and an error message
         is cut to ``limits.max_reason_chars``."""
         if "ok" in reply and len(msgpack.packb(reply["ok"])) > self.sagas.max_result_bytes:
-            return failed("ResultTooLarge", f"the result packs to more than {self.sagas.max_result_bytes} bytes "
+            return failure("ResultTooLarge", f"the result packs to more than {self.sagas.max_result_bytes} bytes "
                                             "(sagas.max_result_bytes)", False)
         error = reply.get("failed")
         if isinstance(error, dict):
-            return failed(str(error.get("error", "Unknown"))[:self.max_reason_chars],
+            return failure(str(error.get("error", "Unknown"))[:self.max_reason_chars],
                           str(error.get("message", ""))[:self.max_reason_chars], bool(error.get("retryable", True)))
         return reply
 
