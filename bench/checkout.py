@@ -15,8 +15,8 @@ Every mode gets its own skus, customers and regions, so the audit (``checks.audi
 or all undone, and every total conserved) judges each alone. A fraction ``--declined`` of the orders has a
 declined card, so compensations (or aborts) are part of the stream.
 
-Crash phase (unless ``--no-crash``): each mode runs for ``--crash-seconds`` while the node that coordinates
-it (the ``2pc`` coordinator node for ``atomic:2pc``, the coordinator group's leader for the others) is
+Crash phase (unless ``--no-crash``): each mode's clients check out for ``--crash-seconds`` while the node that
+coordinates it (the ``2pc`` coordinator node for ``atomic:2pc``, the coordinator group's leader for the others) is
 killed -9 a third of the way in and restarted ``--outage`` seconds later. Reported: checkouts that ended in
 an error, the longest latency, and the longest stretch with no checkout finishing.
 
@@ -67,8 +67,8 @@ class Phase:
     """One mode's share of one round: its orders, what each ended as, how long each took."""
 
     mode: str
-    orders: list[Order]
-    initial: Initial
+    stream: OrderStream
+    orders: list[Order] = field(default_factory=list)
     latencies_ms: list[float] = field(default_factory=list)
     ended: dict[str, str] = field(default_factory=dict)  # order id -> completed, compensated, a refusal, error
     finished_at: dict[str, float] = field(default_factory=dict)  # order id -> wall time
@@ -82,25 +82,41 @@ def tag_of(mode: str) -> str:
     return mode.replace(":", "-")
 
 
-def orders_for(mode: str, label: str, count: int, declined: float, rng: random.Random) -> tuple[list[Order], Initial]:
-    """``count`` orders over this mode's own skus, customers and regions (``label`` keeps ids unique)."""
-    tag = tag_of(mode)
-    skus = {f"{tag}-sku-{i}": PLENTY for i in range(SKUS)}
-    customers = {f"{tag}-customer-{i}": PLENTY for i in range(CUSTOMERS)}
-    regions = {f"{tag}-region-{i}": PLENTY for i in range(REGIONS)}
-    orders = [Order(id=f"{tag}-{label}-{n}", sku=rng.choice(list(skus)), qty=1, amount=PRICE,
-                    customer=rng.choice(list(customers)), region=rng.choice(list(regions)),
-                    card=svc.DECLINED_CARD if rng.random() < declined else "ok")
-              for n in range(count)]
-    return orders, Initial(skus, customers, regions)
+@dataclass
+class OrderStream:
+    """Orders over one phase's own skus, customers and regions (``label`` makes both ids and names unique),
+    so that each phase's audit judges its orders alone."""
+
+    label: str
+    declined: float
+    rng: random.Random
+    count: int = 0
+
+    def __post_init__(self) -> None:
+        self.initial = Initial({f"{self.label}-sku-{i}": PLENTY for i in range(SKUS)},
+                               {f"{self.label}-customer-{i}": PLENTY for i in range(CUSTOMERS)},
+                               {f"{self.label}-region-{i}": PLENTY for i in range(REGIONS)})
+
+    def next(self) -> Order:
+        self.count += 1
+        pick = self.rng.choice
+        return Order(id=f"{self.label}-{self.count}", sku=pick(list(self.initial.skus)), qty=1, amount=PRICE,
+                     customer=pick(list(self.initial.customers)), region=pick(list(self.initial.couriers)),
+                     card=svc.DECLINED_CARD if self.rng.random() < self.declined else "ok")
 
 
-async def _checkouts(db: Database, phase: Phase, clients: int) -> None:
-    queue = list(phase.orders)
+async def _checkouts(db: Database, phase: Phase, clients: int, count: int | None = None,
+                     until: float | None = None) -> None:
+    """Closed loop: each client checks out the stream's next order as soon as its last one ended, until
+    ``count`` orders were started or, with ``until``, until that time (trio's clock)."""
+
+    def more() -> bool:
+        return len(phase.orders) < count if count is not None else trio.current_time() < (until or 0.0)
 
     async def client() -> None:
-        while queue:
-            order = queue.pop()
+        while more():
+            order = phase.stream.next()
+            phase.orders.append(order)
             phase.started.append(order.id)
             begun = trio.current_time()
             try:
@@ -135,14 +151,19 @@ async def _read_while(db: Database, phase: Phase, readers: int, done: trio.Event
             nursery.start_soon(reader)
 
 
-async def run_phase(db: Database, phase: Phase, clients: int, readers: int, rng: random.Random) -> float:
-    """The phase's checkouts with readers alongside; its wall time in seconds."""
-    await seed(db, phase.initial.skus, phase.initial.customers, phase.initial.couriers)
+async def seed_phase(db: Database, phase: Phase) -> None:
+    initial = phase.stream.initial
+    await seed(db, initial.skus, initial.customers, initial.couriers)
+
+
+async def run_phase(db: Database, phase: Phase, count: int, clients: int, readers: int, rng: random.Random) -> float:
+    """``count`` checkouts with readers alongside; the phase's wall time in seconds."""
+    await seed_phase(db, phase)
     begun = trio.current_time()
     done = trio.Event()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_read_while, db, phase, readers, done, rng)
-        await _checkouts(db, phase, clients)
+        await _checkouts(db, phase, clients, count=count)
         done.set()
     return trio.current_time() - begun
 
@@ -154,7 +175,7 @@ async def settle(db: Database, phase: Phase) -> list[str]:
         for order_id, ended in phase.ended.items():
             if ended.startswith("error"):
                 phase.ended[order_id] = (await sagas.wait(order_id, SETTLE_TIMEOUT_S))["state"]
-    return await audit(db, phase.orders, phase.initial)
+    return await audit(db, phase.orders, phase.stream.initial)
 
 
 async def stock_held_ms(db: Database, phase: Phase) -> list[float]:
@@ -209,9 +230,8 @@ def longest_stall(begun: float, finishes: list[float], ended: float) -> float:
 
 async def crash_phase(cluster: LocalCluster, db: Database, mode: str, args: argparse.Namespace,
                       rng: random.Random) -> dict[str, Any]:
-    orders, initial = orders_for(mode, "crash", args.crash_checkouts, args.declined, rng)
-    phase = Phase(mode, orders, initial)
-    await seed(db, initial.skus, initial.customers, initial.couriers)
+    phase = Phase(mode, OrderStream(f"{tag_of(mode)}-crash", args.declined, rng))
+    await seed_phase(db, phase)
     begun = time.time()
     victim = await coordinator_of(cluster, mode)
 
@@ -223,7 +243,7 @@ async def crash_phase(cluster: LocalCluster, db: Database, mode: str, args: argp
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(kill_and_restart)
-        await _checkouts(db, phase, args.clients)
+        await _checkouts(db, phase, args.clients, until=trio.current_time() + args.crash_seconds)
     ended = time.time()
     await cluster.wait_ready()
     problems = await settle(db, phase)
@@ -269,9 +289,8 @@ async def bench(cluster: LocalCluster, services: ServiceProcesses, args: argpars
             for mode in order_of_modes:
                 progress(f"round {round_ + 1}/{args.rounds}: {mode}, {args.checkouts} checkouts, "
                          f"{args.clients} clients, {args.readers} readers ...")
-                orders, initial = orders_for(mode, f"r{round_}", args.checkouts, args.declined, rng)
-                phase = Phase(mode, orders, initial)
-                seconds[mode] += await run_phase(db, phase, args.clients, args.readers, rng)
+                phase = Phase(mode, OrderStream(f"{tag_of(mode)}-r{round_}", args.declined, rng))
+                seconds[mode] += await run_phase(db, phase, args.checkouts, args.clients, args.readers, rng)
                 phases[mode].append(phase)
         rows = []
         for mode in MODES:
@@ -294,7 +313,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--readers", type=int, default=2)
     parser.add_argument("--declined", type=float, default=0.2, help="fraction of orders with a declined card")
     parser.add_argument("--crash", action=argparse.BooleanOptionalAction, default=True)
-    parser.add_argument("--crash-checkouts", type=int, default=40)
     parser.add_argument("--crash-seconds", type=float, default=6.0, help="how long a crash phase should last")
     parser.add_argument("--outage", type=float, default=2.0, help="how long the killed coordinator stays dead")
     parser.add_argument("--seed", type=int, default=1)
