@@ -14,6 +14,7 @@ from commit.tooling.admin import transaction_trace
 from commit.config import shard_group
 from commit.tooling.localcluster import LocalCluster, commit_in_background
 from commit.routing import keys_on_each_shard
+from commit.protocols.registry import PROTOCOLS
 from commit.tooling.traces import summarize
 from tests.conftest import _started
 from tests.test_transactions import quick
@@ -24,15 +25,9 @@ F = 1  # 3 acceptors
 
 
 def expected_costs(protocol: str, n: int) -> dict[str, int]:
-    """Per transaction of n participants; the variant is described in docs/PROTOCOLS.md."""
-    acceptors = 2 * F + 1
-    if protocol == "2pc":
-        return {"messages": 3 * n, "forced_writes": n + 1, "message_delays": 4}
-    if protocol == "raft-2pc":
-        return {"messages": 3 * n, "forced_writes": n + 2, "message_delays": 4}
-    if protocol == "paxos-commit":
-        return {"messages": n * (2 * F + 3) + acceptors, "forced_writes": n + acceptors, "message_delays": 5}
-    return {"messages": n * (4 * F + 3) + acceptors, "forced_writes": n + acceptors, "message_delays": 4}
+    """Per transaction of n participants (the registry's formulas; docs/PROTOCOLS.md describes the variant)."""
+    costs = PROTOCOLS[protocol].costs(n, F)
+    return {"messages": costs.messages, "forced_writes": costs.forced_writes, "message_delays": costs.message_delays}
 
 
 @pytest.fixture(scope="module")

@@ -24,6 +24,7 @@ import trio
 import commit
 from commit.config import shard_group
 from commit.tooling.localcluster import LocalCluster
+from commit.protocols.registry import PROTOCOLS
 from commit.routing import keys_on_each_shard
 from commit.txids import new_txid
 from consensus.errors import ClusterError, InvalidRequest, NotLeader
@@ -177,10 +178,11 @@ async def test_aborted_transactions_leave_no_value_and_no_lock(three_cluster: Lo
 
 
 def expected_costs(n: int) -> dict[str, int]:
-    """CanCommit, vote, PreCommit, ack, DoCommit per participant; prepare and precommit forced at each
-    shard, nothing at the coordinator; delays: commit request 1, CanCommit 2, vote 3, PreCommit 4, ack 5,
-    DoCommit 6."""
-    return {"messages": 5 * n, "forced_writes": 2 * n, "message_delays": 6}
+    """The registry's formula: CanCommit, vote, PreCommit, ack, DoCommit per participant; prepare and
+    precommit forced at each shard, nothing at the coordinator; delays: commit request 1, CanCommit 2,
+    vote 3, PreCommit 4, ack 5, DoCommit 6."""
+    costs = PROTOCOLS["3pc"].costs(n, 1)
+    return {"messages": costs.messages, "forced_writes": costs.forced_writes, "message_delays": costs.message_delays}
 
 
 @pytest.mark.parametrize("n", [2, 3])

@@ -32,6 +32,52 @@ class DecisionStore(enum.Enum):
     RAFT = "raft"  # records of the coordinator group, begin before the first PREPARE: a new leader finishes it
 
 
+@dataclass(frozen=True, slots=True)
+class Costs:
+    """What one committed transaction of N participants costs, as the nodes' traces count it (docs/PROTOCOLS.md,
+    "Costs"): protocol messages, forced writes, message delays (the client's request is delay 1), and the
+    Raft entries its commit adds across every group (a forced write at a shard or at the coordinator group
+    is one; an fsync'd log write is not)."""
+
+    messages: int
+    forced_writes: int
+    message_delays: int
+    raft_entries: int
+
+
+def _two_phase_costs(coordinator_entries: int) -> Callable[[int, int], Costs]:
+    """PREPARE, vote, decision per participant; each shard's prepare and decision are Raft entries, and the
+    coordinator's decision is an fsync'd record (``2pc``) or its begin, decide and finish entries."""
+    def costs(n: int, f: int) -> Costs:
+        forced = n + (1 if coordinator_entries == 0 else 2)
+        return Costs(messages=3 * n, forced_writes=forced, message_delays=4, raft_entries=2 * n + coordinator_entries)
+
+    return costs
+
+
+def _paxos_costs(fast: bool) -> Callable[[int, int], Costs]:
+    """N prepares, N(2F+1) phase 2a, 2F+1 2b bundles to the leader, and N decisions (Faster Paxos Commit:
+    the bundles go to the participants too, and no decision is sent); one forced write per shard prepare
+    and per acceptor (its own log, not Raft)."""
+    def costs(n: int, f: int) -> Costs:
+        acceptors = 2 * f + 1
+        messages = n * (4 * f + 3) + acceptors if fast else n * (2 * f + 3) + acceptors
+        return Costs(messages=messages, forced_writes=n + acceptors, message_delays=4 if fast else 5,
+                     raft_entries=2 * n)
+
+    return costs
+
+
+def _three_phase_costs(n: int, f: int) -> Costs:
+    """CanCommit, vote, PreCommit, ack, DoCommit per participant; each shard forces its prepare and its
+    precommit, and applies the commit: three Raft entries; the coordinator writes nothing."""
+    return Costs(messages=5 * n, forced_writes=2 * n, message_delays=6, raft_entries=3 * n)
+
+
+def _one_phase_costs(n: int, f: int) -> Costs:
+    return Costs(messages=0, forced_writes=1, message_delays=1, raft_entries=1)
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class CoreContext:
     """What a coordinator core is made from; ``ballots`` only for protocols with acceptors."""
@@ -62,6 +108,7 @@ class ProtocolSpec:
     splits_under_partition: bool = False  # plain 3PC: its termination trusts timeouts as a failure detector
     reply_holds: tuple[str, ...] = ()  # test hold points checked before the core's Reply is carried out
     core: Callable[[CoreContext], Any] | None = None
+    costs: Callable[[int, int], Costs] = _one_phase_costs  # (participants N, tolerated acceptor failures F)
 
 
 def _two_phase(record_begin: bool) -> Callable[[CoreContext], Any]:
@@ -96,18 +143,19 @@ PROTOCOLS: dict[str, ProtocolSpec] = {
     spec.name: spec
     for spec in (
         ProtocolSpec(name="2pc", coordinator=Coordinator.NODE, decision_store=DecisionStore.LOG,
-                     core=_two_phase(record_begin=False)),
+                     core=_two_phase(record_begin=False), costs=_two_phase_costs(coordinator_entries=0)),
         ProtocolSpec(name="raft-2pc", coordinator=Coordinator.GROUP, decision_store=DecisionStore.RAFT,
-                     core=_two_phase(record_begin=True)),
+                     core=_two_phase(record_begin=True), costs=_two_phase_costs(coordinator_entries=3)),
         ProtocolSpec(name="paxos-commit", coordinator=Coordinator.GROUP, acceptors=True, reply_holds=PAXOS_HOLDS,
-                     core=_paxos(fast=False)),
+                     core=_paxos(fast=False), costs=_paxos_costs(fast=False)),
         ProtocolSpec(name="fast-paxos-commit", coordinator=Coordinator.GROUP, acceptors=True, fast=True,
-                     reply_holds=PAXOS_HOLDS, core=_paxos(fast=True)),
+                     reply_holds=PAXOS_HOLDS, core=_paxos(fast=True), costs=_paxos_costs(fast=True)),
         ProtocolSpec(name="3pc", coordinator=Coordinator.NODE, resend_commit=False, participants_terminate=True,
-                     splits_under_partition=True, reply_holds=THREE_PHASE_HOLDS, core=_three_phase(quorum=False)),
+                     splits_under_partition=True, reply_holds=THREE_PHASE_HOLDS, core=_three_phase(quorum=False),
+                     costs=_three_phase_costs),
         ProtocolSpec(name="3pc-quorum", coordinator=Coordinator.NODE, resend_commit=False,
                      participants_terminate=True, quorum=True, reply_holds=THREE_PHASE_HOLDS,
-                     core=_three_phase(quorum=True)),
+                     core=_three_phase(quorum=True), costs=_three_phase_costs),
     )
 }
 ONE_PHASE = ProtocolSpec(name="1pc", coordinator=Coordinator.SHARD)  # not a choice: what one shard does alone
