@@ -307,6 +307,12 @@ def run_phase(config: ClusterConfig, workload: str, params: dict[str, Any], clie
     failed = sorted((r["error"] for r in results if "error" in r), key=lambda e: "BrokenBarrierError" in e)
     if failed:
         raise RuntimeError(f"{len(failed)} client process(es) of {workload} failed; the first:\n{failed[0]}")
+    return summarize(clients, procs, seconds, warmup_s, results, rate)
+
+
+def summarize(clients: int, procs: int, seconds: float, warmup_s: float, results: list[dict[str, Any]],
+              rate: float | None = None) -> dict[str, Any]:
+    """A phase's figures from every client process's result (this harness's, or a peer's like it)."""
     merged = histogram()
     for r in results:
         merged.decode_and_add(r["hist"])
@@ -321,12 +327,10 @@ def run_phase(config: ClusterConfig, workload: str, params: dict[str, Any], clie
         "aborts": aborts,
         "errors": sum(r["errors"] for r in results),
         "abort_rate": aborts / (ops + aborts) if ops + aborts else 0.0,
-        "ops_per_s": ops / elapsed,
+        "ops_per_s": ops / elapsed if elapsed > 0 else 0.0,
         **_latencies(merged),
         "mean_ms": merged.get_mean_value() / US_PER_MS,
-        "retries": sum(r["retries"] for r in results),
-        "late": sum(r["late"] for r in results),
-        "scheduled": sum(r["scheduled"] for r in results),
+        **{k: sum(r.get(k, 0) for r in results) for k in ("retries", "late", "scheduled")},
         "rate": rate,
         "warmup_s": warmup_s,
         "elapsed_s": elapsed,

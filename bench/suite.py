@@ -18,7 +18,9 @@ Parts, each a list of rows in ``results.json``:
 * ``shards``: write transactions over k = 1..5 shards per protocol (latency against shards per transaction);
 * ``costs``: one probe transaction per protocol over 2 and 3 shards: messages, forced writes, message delays
   (from the nodes' traces) and Raft entries (commit indexes), each next to the registry's formula;
-* ``sweep``: bank transfers at ``--sweep`` clients per protocol: the peak, and whether it holds past it;
+* ``open_loop``: bank transfers arriving at half and at 90% of each protocol's closed-loop rate, latency
+  measured from each one's intended start (coordinated omission corrected, as wrk2 does);
+* ``sweep``: bank transfers at 1 to 256 clients per protocol: the peak, and whether it holds past it;
 * ``crashes``: steady load, then kill -9 the protocol's coordinator (the coordinator group's leader; for
   ``2pc`` and 3PC, the coordinator node), restarted after the outage: the time from the fault until
   throughput is back to 90% and until no transaction is in doubt; then a shard leader killed -9, and one
@@ -199,6 +201,30 @@ def shards_phase(cluster: LocalCluster, s: Settings) -> list[dict[str, Any]]:
     return rows
 
 
+OPEN_LOOP_LOADS = (0.5, 0.9)  # arrival rates, as shares of the protocol's closed-loop throughput
+
+
+def open_loop_phase(cluster: LocalCluster, s: Settings, protocols: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Bank transfers arriving at a fixed rate: latency from each transfer's intended start (coordinated
+    omission corrected), so a stall shows as the queue it builds, not as fewer samples."""
+    rows = []
+    for protocol in PROTOCOLS:
+        closed = next(r for r in protocols if r["workload"] == "bank" and r["protocol"] == protocol)
+        for share in OPEN_LOOP_LOADS:
+            rate = max(1.0, share * closed["ops_per_s"])
+            progress(f"open loop: bank under {protocol} at {rate:.0f}/s ({share:.0%} of its closed-loop rate) ...")
+            kind, params = protocol_params(protocol, PROTOCOL_WORKLOADS["bank"], f"open{share}-{protocol}")
+            result = run_phase(cluster.config, kind, {SIZED[kind]: s.rows, **params}, s.clients, s.procs,
+                               s.seconds, warmup_s=s.warmup_s, rate=rate)
+            rows.append({"workload": "bank", "protocol": protocol, "load": share, "rate": round(rate, 1),
+                         "late": result["late"], "scheduled": result["scheduled"],
+                         **{k: result[k] for k in ("ops_per_s", "p50_ms", "p99_ms", "max_ms")}})
+    return rows
+
+
+OPEN_COLUMNS = ("protocol", "load", "rate", "ops_per_s", "p50_ms", "p99_ms", "max_ms", "late", "scheduled")
+
+
 def sweep_phase(cluster: LocalCluster, s: Settings) -> list[dict[str, Any]]:
     rows = []
     for clients in s.sweep:
@@ -328,12 +354,21 @@ def crash_phase(cluster: LocalCluster, s: Settings) -> list[dict[str, Any]]:
     return rows
 
 
-PEER_WORKLOADS: tuple[tuple[str, str, dict[str, Any]], ...] = (("put", "kv.put", {}), ("get", "kv.get", {}),
-                  ("transfer", "bank", {"cross_shard": 1.0, "protocol": "paxos-commit"}))
+# (etcd's workload, ours, our params): the same operations on keys both sides loaded, chosen uniformly
+PEER_KEYS = 1000
+PEER_WORKLOADS: tuple[tuple[str, str, dict[str, Any]], ...] = (
+    ("put", "kv.put", {}),
+    ("ycsb-b", "ycsb", {"mix": "B", "distribution": "uniform", "records": PEER_KEYS}),
+    ("transfer", "bank", {"cross_shard": 1.0, "protocol": "paxos-commit"}),
+)
+
+
+PAIRINGS = (("tmpfs", "os"), ("disk", "fsync"))  # etcd's data on tmpfs against durability os; on disk, fsync
 
 
 def peer_phase(cluster: LocalCluster, s: Settings, root: Path) -> dict[str, Any]:
-    """The same operations on etcd and on this store, and bare PySyncObj sets: each figure as a ratio."""
+    """The same operations on etcd and on this store, in both durability pairings, and bare PySyncObj sets:
+    each figure as a ratio to the peer's."""
     from bench.peers.bare_raft import run_bare_phase
     from bench.peers.etcd import etcd_missing, open_etcd, run_etcd_phase
 
@@ -342,12 +377,25 @@ def peer_phase(cluster: LocalCluster, s: Settings, root: Path) -> dict[str, Any]
     if missing is not None:
         progress(f"peer: skipped: {missing}")
         return {"skipped": missing, "rows": rows}
-    with open_etcd(root / "etcd", storage="tmpfs") as endpoints:
-        for name, ours, params in PEER_WORKLOADS:
-            progress(f"peer: {name} on etcd and on this store, {s.clients} clients ...")
-            theirs = run_etcd_phase(endpoints, name, {}, s.clients, s.procs, s.seconds, warmup_s=s.warmup_s)
-            mine = measured(cluster, ours, {**params, "prefix": f"peer-{name}-"}, s.clients, s, f"peer {name}")
-            rows.append(_versus(name, mine, theirs))
+    for storage, durability in PAIRINGS:
+        ours = cluster if durability == cluster.config.durability.value else \
+            LocalCluster(root / f"ours-{durability}", shards=SHARDS, options={"durability": durability})
+        if ours is not cluster:
+            ours.start_all()
+        try:
+            if ours is not cluster:
+                trio.run(ours.wait_ready)
+            with open_etcd(root / f"etcd-{storage}", storage=storage) as endpoints:
+                for name, workload, params in PEER_WORKLOADS:
+                    progress(f"peer: {name}, etcd on {storage} against durability {durability}, {s.clients} clients ...")
+                    theirs = run_etcd_phase(endpoints, name, {"keys": PEER_KEYS, "accounts": s.rows * SHARDS},
+                                            s.clients, s.procs, s.seconds, warmup_s=s.warmup_s)
+                    mine = measured(ours, workload, {**params, "prefix": f"peer-{name}-"}, s.clients, s,
+                                    f"peer {name}, {durability}")
+                    rows.append({"pairing": f"etcd {storage} / {durability}", **_versus(name, mine, theirs)})
+        finally:
+            if ours is not cluster:
+                ours.stop()
     progress(f"peer: bare PySyncObj replicated dict, {s.clients} clients ...")
     bare = run_bare_phase(s.clients, s.procs, s.seconds, warmup_s=s.warmup_s)
     put = next(r for r in rows if r["op"] == "put")
@@ -367,7 +415,7 @@ def _versus(name: str, mine: dict[str, Any], theirs: dict[str, Any]) -> dict[str
             "p99_ratio": ratio(mine["p99_ms"], theirs["p99_ms"])}
 
 
-PEER_COLUMNS = ("op", "ours_per_s", "etcd_per_s", "throughput_ratio", "ours_p50_ms", "etcd_p50_ms", "p50_ratio",
+PEER_COLUMNS = ("pairing", "op", "ours_per_s", "etcd_per_s", "throughput_ratio", "ours_p50_ms", "etcd_p50_ms", "p50_ratio",
                 "p99_ratio")
 
 
@@ -433,7 +481,7 @@ def plots(report: dict[str, Any], out: Path) -> list[str]:
         x = range(len(peer))
         ax.bar([i - 0.2 for i in x], [r["ours_per_s"] for r in peer], width=0.4, label="this store")
         ax.bar([i + 0.2 for i in x], [r["etcd_per_s"] for r in peer], width=0.4, label="etcd")
-        ax.set_xticks(list(x), [r["op"] for r in peer])
+        ax.set_xticks(list(x), [f"{r['op']}\n{r['pairing']}" for r in peer], fontsize="small")
         ax.set_ylabel("ops/s")
         ax.legend()
         save(fig, "peer.png")
@@ -465,6 +513,7 @@ def main(argv: list[str] | None = None) -> int:
                 "bench": "suite", "settings": vars(s) | {"size": "tiny" if args.tiny else "quick" if args.quick
                                                           else "full"},
                 "protocols": protocols, "ycsb": ycsb, "shards": shards_phase(cluster, s),
+                "open_loop": open_loop_phase(cluster, s, protocols),
                 "costs": trio.run(costs_phase, cluster), "sweep": sweep_phase(cluster, s),
                 "crashes": crash_phase(cluster, s) if s.crashes else [],
             }
@@ -478,11 +527,15 @@ def main(argv: list[str] | None = None) -> int:
         report[part] = _without_histograms(report[part])
     write_report("results", {**report, "rows": report["protocols"]}, COLUMNS, args.json, args.results)
     if not args.json:
-        for title, part, columns in (("YCSB (zipfian)", "ycsb", COLUMNS), ("costs per transaction", "costs",
-                                     COST_COLUMNS), ("faults under steady load", "crashes", CRASH_COLUMNS)):
+        for title, part, columns in (("YCSB (zipfian)", "ycsb", COLUMNS),
+                                     ("bank transfers, open loop", "open_loop", OPEN_COLUMNS),
+                                     ("costs per transaction", "costs", COST_COLUMNS),
+                                     ("faults under steady load", "crashes", CRASH_COLUMNS)):
             print(f"\n{title}")
             print(format_table(report[part], columns))
         if report.get("peer", {}).get("rows"):
-            print("\nagainst etcd (tmpfs) on the same machine")
+            print("\nagainst etcd on the same machine (ratios: this store / etcd)")
             print(format_table(report["peer"]["rows"], PEER_COLUMNS))
+            print(f"bare PySyncObj replicated dict: {report['peer']['bare_pysyncobj']}; puts here are "
+                  f"{report['peer']['put_vs_bare_pysyncobj']} x its rate")
     return 0

@@ -133,16 +133,9 @@ class ReplicaGroup:
             bindAddress=self_addr,  # PySyncObj would listen on 0.0.0.0 (transport.py _createServer)
             journalFile=str(spec.journal_path),
             fullDumpFile=str(spec.dump_path),
-            appendEntriesUseBatch=raft.append_entries_use_batch,
-            leaderFallbackTimeout=raft.leader_fallback_timeout_s,
-            raftMinTimeout=raft.election_timeout_min_s,
-            raftMaxTimeout=raft.election_timeout_max_s,
-            connectionTimeout=raft.connection_timeout_s,
-            connectionRetryTime=raft.connection_retry_s,
-            logCompactionMinEntries=raft.log_compaction_min_entries,
-            logCompactionMinTime=raft.log_compaction_min_time_s,
             password=spec.password,
             useFork=True,
+            **raft.syncobj_options(),
         )
         others = [addr for node, addr in spec.members.items() if node != spec.self_id]
         install_snapshot_sync(spec.durability)

@@ -10,6 +10,7 @@ import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from consensus.sessions import MAX_RESULTS_PER_SESSION
 
@@ -34,6 +35,20 @@ class RaftSettings:
     log_compaction_min_entries: int = 5000
     log_compaction_min_time_s: float = 300.0
     max_sessions: int = 100_000
+
+    def syncobj_options(self) -> dict[str, Any]:
+        """These settings as PySyncObj's ``SyncObjConf`` keywords (a node's replicas, the bare-PySyncObj
+        bench peer); importable without PySyncObj."""
+        return {
+            "appendEntriesUseBatch": self.append_entries_use_batch,
+            "leaderFallbackTimeout": self.leader_fallback_timeout_s,
+            "raftMinTimeout": self.election_timeout_min_s,
+            "raftMaxTimeout": self.election_timeout_max_s,
+            "connectionTimeout": self.connection_timeout_s,
+            "connectionRetryTime": self.connection_retry_s,
+            "logCompactionMinEntries": self.log_compaction_min_entries,
+            "logCompactionMinTime": self.log_compaction_min_time_s,
+        }
 
 
 # The largest frame a peer may send before it proved a secret, on RPC and Raft ports alike: a handshake

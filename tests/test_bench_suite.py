@@ -34,6 +34,9 @@ def test_the_tiny_suite_reports_every_protocol_and_workload(tmp_path: Path) -> N
         assert set(row["cpu_ms_per_txn"]) == {"n1", "n2", "n3"} and all(v >= 0 for v in row["cpu_ms_per_txn"].values())
     assert {(r["protocol"], r["shards"]) for r in report["shards"]} == {(p, k) for p in PROTOCOLS for k in TINY.shards}
     assert {(r["protocol"], r["clients"]) for r in report["sweep"]} == {(p, c) for p in PROTOCOLS for c in TINY.sweep}
+    assert {r["protocol"] for r in report["open_loop"]} == set(PROTOCOLS)
+    for row in report["open_loop"]:
+        assert row["scheduled"] > 0 and 0 <= row["late"] <= row["scheduled"] and row["p50_ms"] <= row["p99_ms"], row
     assert len(report["costs"]) == 2 * len(PROTOCOLS)
     for cost in report["costs"]:
         assert {k: cost[k] for k in COSTS} == {k: cost[f"formula_{k}"] for k in COSTS}, cost
