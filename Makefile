@@ -23,9 +23,7 @@ lint: $(VENV)/.installed
 	$(PY) -m mypy --ignore-missing-imports consensus commit bench examples node.py
 
 bench: $(VENV)/.installed
-	$(PY) -m bench.kv
-	$(PY) -m bench.txn
-	$(PY) -m bench.checkout
+	$(PY) -m bench run
 
 down: $(VENV)/.installed
 	$(PY) node.py down

@@ -18,7 +18,7 @@ Parts, each a list of rows in ``results.json``:
 * ``shards``: write transactions over k = 1..5 shards per protocol (latency against shards per transaction);
 * ``costs``: one probe transaction per protocol over 2 and 3 shards: messages, forced writes, message delays
   (from the nodes' traces) and Raft entries (commit indexes), each next to the registry's formula;
-* ``open_loop``: bank transfers arriving at half and at 90% of each protocol's closed-loop rate, latency
+* ``open_loop``: bank transfers arriving at half (and, full size, 90%) of each protocol's closed-loop rate, latency
   measured from each one's intended start (coordinated omission corrected, as wrk2 does);
 * ``sweep``: bank transfers at 1 to 256 clients per protocol: the peak, and whether it holds past it;
 * ``crashes``: steady load, then kill -9 the protocol's coordinator (the coordinator group's leader; for
@@ -96,14 +96,16 @@ class Settings:
     outage_s: float
     crashes: bool
     rows: int  # accounts per shard, keys per shard, TPC-C items, YCSB records: what each phase loads
+    open_loads: tuple[float, ...]  # open-loop arrival rates, as shares of each protocol's closed-loop rate
 
 
-QUICK = Settings(seconds=1.0, warmup_s=0.2, rounds=1, clients=4, procs=2, sweep=(1, 16), shards=(1, 5),
-                 crash_seconds=8.0, outage_s=1.5, crashes=True, rows=200)
+QUICK = Settings(seconds=0.8, warmup_s=0.2, rounds=1, clients=4, procs=2, sweep=(1, 16), shards=(1, 5),
+                 crash_seconds=7.0, outage_s=1.5, crashes=True, rows=200, open_loads=(0.5,))
 FULL = Settings(seconds=5.0, warmup_s=1.0, rounds=3, clients=16, procs=2, sweep=(1, 4, 16, 64, 256),
-                shards=(1, 2, 3, 4, 5), crash_seconds=16.0, outage_s=3.0, crashes=True, rows=1000)
+                shards=(1, 2, 3, 4, 5), crash_seconds=16.0, outage_s=3.0, crashes=True, rows=1000,
+                open_loads=(0.5, 0.9))
 TINY = Settings(seconds=0.3, warmup_s=0.0, rounds=1, clients=2, procs=1, sweep=(1, 2), shards=(1, 2),
-                crash_seconds=0.0, outage_s=0.0, crashes=False, rows=20)
+                crash_seconds=0.0, outage_s=0.0, crashes=False, rows=20, open_loads=(0.5,))
 
 
 def cpu_seconds(cluster: LocalCluster) -> dict[str, float]:
@@ -201,16 +203,13 @@ def shards_phase(cluster: LocalCluster, s: Settings) -> list[dict[str, Any]]:
     return rows
 
 
-OPEN_LOOP_LOADS = (0.5, 0.9)  # arrival rates, as shares of the protocol's closed-loop throughput
-
-
 def open_loop_phase(cluster: LocalCluster, s: Settings, protocols: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Bank transfers arriving at a fixed rate: latency from each transfer's intended start (coordinated
     omission corrected), so a stall shows as the queue it builds, not as fewer samples."""
     rows = []
     for protocol in PROTOCOLS:
         closed = next(r for r in protocols if r["workload"] == "bank" and r["protocol"] == protocol)
-        for share in OPEN_LOOP_LOADS:
+        for share in s.open_loads:
             rate = max(1.0, share * closed["ops_per_s"])
             progress(f"open loop: bank under {protocol} at {rate:.0f}/s ({share:.0%} of its closed-loop rate) ...")
             kind, params = protocol_params(protocol, PROTOCOL_WORKLOADS["bank"], f"open{share}-{protocol}")
@@ -378,6 +377,8 @@ def peer_phase(cluster: LocalCluster, s: Settings, root: Path) -> dict[str, Any]
         progress(f"peer: skipped: {missing}")
         return {"skipped": missing, "rows": rows}
     for storage, durability in PAIRINGS:
+        if durability != cluster.config.durability.value:
+            (root / f"ours-{durability}").mkdir(parents=True, exist_ok=True)
         ours = cluster if durability == cluster.config.durability.value else \
             LocalCluster(root / f"ours-{durability}", shards=SHARDS, options={"durability": durability})
         if ours is not cluster:
