@@ -446,24 +446,22 @@ def plots(report: dict[str, Any], out: Path) -> list[str]:
     ax.legend()
     save(fig, "latency_cdf.png")
 
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for protocol in PROTOCOLS:
-        points = [(r["clients"], r["ops_per_s"]) for r in report["sweep"] if r["protocol"] == protocol]
-        ax.plot(*zip(*points), marker="o", label=protocol)
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("clients")
-    ax.set_ylabel("committed transfers/s")
-    ax.legend()
-    save(fig, "throughput_vs_clients.png")
+    def per_protocol(part: str, x: str, y: str, xlabel: str, ylabel: str, name: str, log2: bool) -> None:
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for protocol in PROTOCOLS:
+            ax.plot(*zip(*[(r[x], r[y]) for r in report[part] if r["protocol"] == protocol]), marker="o",
+                    label=protocol)
+        if log2:
+            ax.set_xscale("log", base=2)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.legend()
+        save(fig, name)
 
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for protocol in PROTOCOLS:
-        points = [(r["shards"], r["p50_ms"]) for r in report["shards"] if r["protocol"] == protocol]
-        ax.plot(*zip(*points), marker="o", label=protocol)
-    ax.set_xlabel("shards per transaction")
-    ax.set_ylabel("p50 latency (ms)")
-    ax.legend()
-    save(fig, "latency_vs_shards.png")
+    per_protocol("sweep", "clients", "ops_per_s", "clients", "committed transfers/s", "throughput_vs_clients.png",
+                 True)
+    per_protocol("shards", "shards", "p50_ms", "shards per transaction", "p50 latency (ms)", "latency_vs_shards.png",
+                 False)
 
     if report["crashes"]:
         fig, ax = plt.subplots(figsize=(9, 4))
