@@ -25,17 +25,19 @@ def progress(line: str) -> None:
 
 
 @contextmanager
-def open_cluster(config_path: str | None, options: dict[str, Any]) -> Iterator[tuple[ClusterConfig, LocalCluster | None]]:
-    """The running cluster at ``config_path``, or a throwaway 3-node one with ``options``."""
+def open_cluster(config_path: str | None, options: dict[str, Any],
+                 shards: int = 3) -> Iterator[tuple[ClusterConfig, LocalCluster | None]]:
+    """The running cluster at ``config_path``, or a throwaway 3-node one with ``options`` and ``shards``
+    (its directory is ``cluster.root``, for whatever else the bench puts beside it)."""
     if config_path:
         yield load_config(config_path), None
         return
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
-        cluster = LocalCluster(Path(tmp), options=options)
+        cluster = LocalCluster(Path(tmp), shards=shards, options=options)
         cluster.start_all()
         try:
             trio.run(cluster.wait_ready)
-            progress(f"started a throwaway 3-node cluster in {tmp}")
+            progress(f"started a throwaway 3-node cluster with {shards} shards in {tmp}")
             yield cluster.config, cluster
         finally:
             cluster.stop()

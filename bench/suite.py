@@ -36,8 +36,8 @@ Every phase prints its per-second lines (CockroachDB ``workload`` style) to stde
 from __future__ import annotations
 
 import argparse
+import json
 import os
-import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,7 +48,7 @@ from hdrh.histogram import HdrHistogram
 
 import commit
 from bench.harness import histogram, run_phase
-from bench.report import RESULTS, progress, write_report
+from bench.report import RESULTS, open_cluster, progress, write_report
 from bench.seconds import per_second_lines
 from commit.config import COORDINATOR_GROUP
 from commit.protocols.registry import PROTOCOLS, Coordinator
@@ -487,6 +487,9 @@ def plots(report: dict[str, Any], out: Path) -> list[str]:
     return written
 
 
+HISTOGRAMMED = ("protocols", "ycsb", "shards", "sweep")
+
+
 def _without_histograms(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{k: v for k, v in r.items() if k != "hist"} for r in rows]
 
@@ -501,29 +504,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results", type=Path, default=RESULTS, help="where results.json and the plots go")
     args = parser.parse_args(argv)
     s = TINY if args.tiny else QUICK if args.quick else FULL
-    with tempfile.TemporaryDirectory(prefix="bench-suite-") as tmp:
-        cluster = LocalCluster(Path(tmp), shards=SHARDS)
-        cluster.start_all()
-        try:
-            trio.run(cluster.wait_ready)
-            progress(f"started a throwaway 3-node cluster with {SHARDS} shards in {tmp}")
-            protocols, ycsb = interleaved(cluster, s)
-            report: dict[str, Any] = {
-                "bench": "suite", "settings": vars(s) | {"size": "tiny" if args.tiny else "quick" if args.quick
-                                                          else "full"},
-                "protocols": protocols, "ycsb": ycsb, "shards": shards_phase(cluster, s),
-                "open_loop": open_loop_phase(cluster, s, protocols),
-                "costs": trio.run(costs_phase, cluster), "sweep": sweep_phase(cluster, s),
-                "crashes": crash_phase(cluster, s) if s.crashes else [],
-            }
-            if args.peer:
-                report["peer"] = peer_phase(cluster, s, Path(tmp))
-        finally:
-            cluster.stop()
+    args.results.mkdir(parents=True, exist_ok=True)
+    report: dict[str, Any] = {"bench": "suite", "settings": vars(s) | {"size": "tiny" if args.tiny else "quick"
+                                                                        if args.quick else "full"}}
+    with open_cluster(None, {}, shards=SHARDS) as (_, started):
+        assert started is not None
+        cluster = started
+
+        def keep(name: str, rows: Any) -> None:
+            """Each part is kept as it ends: a failure later in a long run loses only what is left."""
+            report[name] = rows
+            (args.results / "results.partial.json").write_text(json.dumps(
+                {k: _without_histograms(v) if k in HISTOGRAMMED else v for k, v in report.items()}, indent=2))
+
+        protocols, ycsb = interleaved(cluster, s)
+        keep("protocols", protocols)
+        keep("ycsb", ycsb)
+        keep("shards", shards_phase(cluster, s))
+        keep("open_loop", open_loop_phase(cluster, s, protocols))
+        keep("costs", trio.run(costs_phase, cluster))
+        keep("sweep", sweep_phase(cluster, s))
+        keep("crashes", crash_phase(cluster, s) if s.crashes else [])
+        if args.peer:
+            keep("peer", peer_phase(cluster, s, cluster.root))
     args.results.mkdir(parents=True, exist_ok=True)
     report["plots"] = plots(report, args.results)
-    for part in ("protocols", "ycsb", "shards", "sweep"):
-        report[part] = _without_histograms(report[part])
+    for name in HISTOGRAMMED:
+        report[name] = _without_histograms(report[name])
     write_report("results", {**report, "rows": report["protocols"]}, COLUMNS, args.json, args.results)
     if not args.json:
         for title, part, columns in (("YCSB (zipfian)", "ycsb", COLUMNS),
