@@ -15,12 +15,21 @@ $(VENV)/.installed: pyproject.toml
 up: $(VENV)/.installed
 	$(PY) node.py up
 
-test: $(VENV)/.installed
+# iptables makes the chaos harness's partitions (docs/RELIABILITY.md); installed when run as root with apt,
+# otherwise the partition tests skip and say why.
+$(VENV)/.system: | $(VENV)/.installed
+	@export DEBIAN_FRONTEND=noninteractive; if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && ! command -v iptables >/dev/null; then \
+		apt-get install -y -q iptables >/dev/null 2>&1 || \
+		(apt-get update -q >/dev/null 2>&1 && apt-get install -y -q iptables >/dev/null 2>&1) || \
+		echo "could not install iptables: the partition tests will skip"; fi
+	touch $@
+
+test: $(VENV)/.installed $(VENV)/.system
 	$(PY) -m pytest
 
 lint: $(VENV)/.installed
-	$(PY) -m pyflakes consensus commit bench examples node.py tests
-	$(PY) -m mypy --ignore-missing-imports consensus commit bench examples node.py
+	$(PY) -m pyflakes consensus commit bench chaos examples node.py tests
+	$(PY) -m mypy --ignore-missing-imports consensus commit bench chaos examples node.py
 
 bench: $(VENV)/.installed
 	$(PY) -m bench run

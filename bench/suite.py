@@ -41,6 +41,7 @@ import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import trio
@@ -104,7 +105,7 @@ QUICK = Settings(seconds=0.8, warmup_s=0.2, rounds=1, clients=4, procs=2, sweep=
 FULL = Settings(seconds=5.0, warmup_s=1.0, rounds=3, clients=16, procs=2, sweep=(1, 4, 16, 64, 256),
                 shards=(1, 2, 3, 4, 5), crash_seconds=16.0, outage_s=3.0, crashes=True, rows=1000,
                 open_loads=(0.5, 0.9))
-TINY = Settings(seconds=0.3, warmup_s=0.0, rounds=1, clients=2, procs=1, sweep=(1, 2), shards=(1, 2),
+TINY = Settings(seconds=0.3, warmup_s=0.0, rounds=1, clients=2, procs=1, sweep=(2,), shards=(1, 2),
                 crash_seconds=0.0, outage_s=0.0, crashes=False, rows=20, open_loads=(0.5,))
 
 
@@ -230,7 +231,13 @@ def sweep_phase(cluster: LocalCluster, s: Settings) -> list[dict[str, Any]]:
         for protocol in PROTOCOLS:
             progress(f"sweep: bank under {protocol}, {clients} clients ...")
             kind, params = protocol_params(protocol, PROTOCOL_WORKLOADS["bank"], f"sweep{clients}-{protocol}")
-            result = measured(cluster, kind, params, clients, s, f"sweep {clients}, {protocol}")
+            try:
+                result = measured(cluster, kind, params, clients, s, f"sweep {clients}, {protocol}")
+            except RuntimeError as exc:  # a client process gave up: past the peak, the cluster may stop answering
+                progress(f"sweep: bank under {protocol}, {clients} clients failed: {str(exc).splitlines()[-1]}")
+                rows.append({"workload": "bank", "protocol": protocol, "clients": clients, "ops_per_s": None,
+                             "error": str(exc).splitlines()[-1]})
+                continue
             rows.append({"workload": "bank", "protocol": protocol, **merged([result])})
     return rows
 
@@ -449,8 +456,8 @@ def plots(report: dict[str, Any], out: Path) -> list[str]:
     def per_protocol(part: str, x: str, y: str, xlabel: str, ylabel: str, name: str, log2: bool) -> None:
         fig, ax = plt.subplots(figsize=(7, 4))
         for protocol in PROTOCOLS:
-            ax.plot(*zip(*[(r[x], r[y]) for r in report[part] if r["protocol"] == protocol]), marker="o",
-                    label=protocol)
+            ax.plot(*zip(*[(r[x], r[y]) for r in report[part] if r["protocol"] == protocol and r[y] is not None]),
+                    marker="o", label=protocol)
         if log2:
             ax.set_xscale("log", base=2)
         ax.set_xlabel(xlabel)
@@ -502,31 +509,44 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--peer", choices=["etcd"], help="also measure etcd and bare PySyncObj")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--results", type=Path, default=RESULTS, help="where results.json and the plots go")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the parts results.partial.json in --results already holds; run the others")
     args = parser.parse_args(argv)
     s = TINY if args.tiny else QUICK if args.quick else FULL
     args.results.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {"bench": "suite", "settings": vars(s) | {"size": "tiny" if args.tiny else "quick"
                                                                         if args.quick else "full"}}
+    partial = args.results / "results.partial.json"
+    kept = json.loads(partial.read_text()) if args.resume and partial.exists() else {}
+    if kept and kept.get("settings") != json.loads(json.dumps(report["settings"])):
+        parser.error(f"{partial} was made with other settings: run without --resume")
     with open_cluster(None, {}, shards=SHARDS) as (_, started):
         assert started is not None
         cluster = started
 
-        def keep(name: str, rows: Any) -> None:
-            """Each part is kept as it ends: a failure later in a long run loses only what is left."""
-            report[name] = rows
-            (args.results / "results.partial.json").write_text(json.dumps(
+        def keep(name: str, run: Callable[[], Any]) -> None:
+            """Each part is kept as it ends: a failure later in a long run loses only what is left, and
+            ``--resume`` runs only that."""
+            if name in kept:
+                progress(f"{name}: kept from {partial}")
+            report[name] = kept[name] if name in kept else run()
+            partial.write_text(json.dumps(
                 {k: _without_histograms(v) if k in HISTOGRAMMED else v for k, v in report.items()}, indent=2))
 
-        protocols, ycsb = interleaved(cluster, s)
-        keep("protocols", protocols)
-        keep("ycsb", ycsb)
-        keep("shards", shards_phase(cluster, s))
-        keep("open_loop", open_loop_phase(cluster, s, protocols))
-        keep("costs", trio.run(costs_phase, cluster))
-        keep("sweep", sweep_phase(cluster, s))
-        keep("crashes", crash_phase(cluster, s) if s.crashes else [])
+        if "protocols" in kept and "ycsb" in kept:
+            keep("protocols", list)
+            keep("ycsb", list)
+        else:
+            protocols, ycsb = interleaved(cluster, s)
+            keep("protocols", lambda: protocols)
+            keep("ycsb", lambda: ycsb)
+        keep("shards", lambda: shards_phase(cluster, s))
+        keep("open_loop", lambda: open_loop_phase(cluster, s, report["protocols"]))
+        keep("costs", lambda: trio.run(costs_phase, cluster))
+        keep("sweep", lambda: sweep_phase(cluster, s))
+        keep("crashes", lambda: crash_phase(cluster, s) if s.crashes else [])
         if args.peer:
-            keep("peer", peer_phase(cluster, s, cluster.root))
+            keep("peer", lambda: peer_phase(cluster, s, cluster.root))
     args.results.mkdir(parents=True, exist_ok=True)
     report["plots"] = plots(report, args.results)
     for name in HISTOGRAMMED:

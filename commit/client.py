@@ -154,7 +154,7 @@ class Database:
         return await run_transaction(self, fn, *args, protocol=protocol)
 
     async def status(self, txid: str, participants: tuple[str, ...] = ()) -> str:
-        """``committed``, ``aborted``, ``pending`` or ``unknown``: asks the authority for txid.
+        """``committed``, ``aborted``, ``pending``, ``unknown`` or ``forgotten``: asks the authority for txid.
 
         For 2PC an unknown txid is aborted when the participants are given (presumed abort: a participant
         that never prepared it records it aborted, so it can never commit); without them, pending. A Paxos
@@ -164,7 +164,9 @@ class Database:
         dead coordinator or not): pass the participants (``CommitUnknown.participants``) so an authority
         that never saw txid, or forgot it in a crash, can find the outcome; without them such a txid
         stays ``pending``. The participants must be all of txid's, exactly (the txid binds them): any
-        other list is answered ``unknown`` and changes nothing.
+        other list is answered ``unknown`` and changes nothing. ``forgotten``: txid was made before what
+        its authority and participants still remember (``limits.forget_after_s``); it may have committed,
+        and asking again will not tell (docs/PROTOCOLS.md, "Forgetting").
         """
         return await status_of(self, check_txid(txid), tuple(participants))
 

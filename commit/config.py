@@ -18,11 +18,12 @@ from pathlib import Path
 from typing import Any
 
 from commit.credentials import CLIENT_SECRET_FILE, PEER_SECRET_FILE, SecretFileError, ensure_secret, read_secret
+from commit.protocols.mutants import NAMES as MUTANTS
 from commit.protocols.registry import NAMES as PROTOCOLS
 from consensus.auth import Credentials
 from consensus.rpc import RpcSettings
 from consensus.sessions import MAX_RESULTS_PER_SESSION
-from consensus.settings import HANDSHAKE_FRAME_BYTES, Durability, GroupSpec, RaftSettings, RaftTransportLimits
+from consensus.settings import HANDSHAKE_FRAME_BYTES, Compaction, Durability, GroupSpec, RaftSettings, RaftTransportLimits
 
 COORDINATOR_GROUP = "coord"
 
@@ -58,6 +59,11 @@ class Limits:
     max_raft_connections_per_address: int = RaftTransportLimits.max_connections_per_address  # ... of which from one peer address
     max_reason_chars: int = 256  # a participant's reason for a NO vote, as carried to the coordinator
     max_remembered_transactions: int = 100_000  # decided outcomes a shard, the coordinator group, a manager keep
+    forget_after_s: float = 60.0  # a finished transaction is forgotten once its txid is this old; older txids are refused
+    forget_interval_s: float = 1.0  # how often a node forgets (one "forget" Raft entry per group it leads, if due)
+    max_forget_batch: int = 4096  # finished Paxos Commit transactions one paxos.forget message names
+    compact_dead_share: float = Compaction.dead_share  # 2pc.log, acceptor.log: rewritten once this share of records is dead ...
+    compact_min_dead_records: int = Compaction.min_dead_records  # ... and at least this many
     max_traced_transactions: int = 20_000  # transactions whose messages a node's tracer keeps
     max_pending_bundles: int = 10_000  # Paxos Commit: an acceptor's unsent 2b bundles, a learner's tallies
     max_results_per_session: int = MAX_RESULTS_PER_SESSION  # results one exactly-once session holds above its low water
@@ -96,6 +102,7 @@ class Transactions:
     three_phase_wait_s: float = 1.0  # a silent 3pc coordinator: participants act after this ...
     three_phase_stagger_s: float = 0.5  # ... plus this times the shard's place among the participants
     fault_hooks: bool = False  # test-only: lets RPC hold a coordinator at a named step, cut links, drop messages
+    mutant: str = ""  # test-only, needs fault_hooks: a deliberately broken build (commit.protocols.mutants)
 
 
 @dataclass(frozen=True)
@@ -223,6 +230,7 @@ class ClusterConfig:
             idle_timeout_s=self.timeouts.idle_connection_s,
             max_connections=limits.max_connections,
             max_connections_per_address=limits.max_connections_per_address,
+            source_host=self.node(as_node).host if as_node is not None else None,
         )
 
     def secret_file(self, name: str) -> Path:
@@ -328,6 +336,10 @@ def _transactions(table: _Table, node_ids: list[str]) -> Transactions:
         raise where.fail("default_protocol", f"must be one of {', '.join(PROTOCOLS)}, got {txn.default_protocol!r}")
     if txn.twopc_coordinator and txn.twopc_coordinator not in node_ids:
         raise where.fail("twopc_coordinator", f"unknown node id {txn.twopc_coordinator!r}; [[nodes]] defines {node_ids}")
+    if txn.mutant and txn.mutant not in MUTANTS:
+        raise where.fail("mutant", f"must be one of {', '.join(MUTANTS)}, got {txn.mutant!r}")
+    if txn.mutant and not txn.fault_hooks:
+        raise where.fail("mutant", "a deliberately broken build runs only with fault_hooks = true (a test cluster)")
     return txn
 
 

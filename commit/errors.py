@@ -3,6 +3,7 @@ have happened. They travel over the wire like the errors of ``consensus.errors``
 
 from __future__ import annotations
 
+from commit.outcomes import FORGOTTEN
 from consensus.errors import ClusterError, register_error
 
 
@@ -24,6 +25,12 @@ class CommitUnknown(ClusterError):
     @property
     def txid(self) -> str:
         return str(self.detail.get("txid", ""))
+
+    @property
+    def forgotten(self) -> bool:
+        """Whether the outcome was forgotten: decided so long ago that nobody asked still knows which way
+        (docs/PROTOCOLS.md, "Forgetting"). Asking again will not tell; it was never presumed aborted."""
+        return self.detail.get("outcome") == FORGOTTEN
 
     @property
     def participants(self) -> tuple[str, ...]:

@@ -4,7 +4,8 @@ The client asks it after a ``CommitUnknown`` (``db.status``), and so does a part
 node's resolver); both come here. Whom to ask is the protocol's (``commit.protocols.registry``): a
 one-phase commit's shard, the 2pc/3pc coordinator node, the coordinator group, and for 3PC, which keeps
 no coordinator record, the participants themselves. Asking fences: an authority that never heard of the
-txid records it as aborted before it answers, which is what makes presumed abort safe.
+txid records it as aborted before it answers, which is what makes presumed abort safe; one that may have
+decided it and forgotten it (older than its horizon) answers ``forgotten`` and records nothing.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from commit.config import COORDINATOR_GROUP
-from commit.outcomes import ABORTED, COMMITTED, PENDING, UNKNOWN
+from commit.outcomes import ABORTED, COMMITTED, FORGOTTEN, PENDING, UNKNOWN
 from commit.protocols.registry import Coordinator
 from commit.txids import are_participants_of, authority_of, protocol_of
 from consensus.errors import ClusterError
@@ -34,7 +35,8 @@ async def shard_state(db: Database, shard: str, txid: str) -> str:
 
 async def participants_know(db: Database, txid: str, participants: tuple[str, ...], timeout_s: float) -> str:
     """3PC keeps no coordinator record: a decided participant is the answer (asking fences a shard that
-    never prepared txid, as a NO vote would). ``pending`` while none has decided."""
+    never prepared txid, as a NO vote would). ``pending`` while none has decided, ``forgotten`` when one
+    forgot it and none still knows."""
     states = set()
     for shard in participants:
         with trio.move_on_after(timeout_s):
@@ -45,11 +47,12 @@ async def participants_know(db: Database, txid: str, participants: tuple[str, ..
     for outcome in (COMMITTED, ABORTED):
         if outcome in states:
             return outcome
-    return PENDING
+    return FORGOTTEN if FORGOTTEN in states else PENDING
 
 
 async def status(db: Database, txid: str, participants: tuple[str, ...] = ()) -> str:
-    """The outcome as the authority for txid knows it: committed, aborted, pending or unknown.
+    """The outcome as the authority for txid knows it: committed, aborted, pending, unknown or forgotten
+    (decided so long ago that nobody asked remembers which way: never a presumed abort).
 
     For 3PC the authority is the participants themselves: with the participant list this asks them, so
     the answer does not need the coordinator (which may be dead: that is 3PC's point). A list that is not

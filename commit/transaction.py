@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 import trio
 
 from commit.config import COORDINATOR_GROUP, shard_group
-from commit.outcomes import ABORTED, COMMITTED, PENDING
+from commit.outcomes import ABORTED, COMMITTED, FORGOTTEN, PENDING
 from commit.errors import CommitUnknown, Conflict
 from commit.protocols.registry import PROTOCOLS, Coordinator
 from commit.retry import RetryPolicy
@@ -150,19 +150,20 @@ class Transaction:
             raise
         except ClusterError as exc:
             if isinstance(exc, CommitUnknown) or exc.maybe_applied:
+                outcome = FORGOTTEN if isinstance(exc, CommitUnknown) and exc.forgotten else None
                 raise CommitUnknown(f"{self.txid}: {exc.message}", txid=self.txid,
-                                    participants=list(self.participants)) from exc
+                                    participants=list(self.participants), outcome=outcome) from exc
             raise
 
 
 async def _outcome(db: Database, txid: str, participants: tuple[str, ...], deadline: float) -> str:
-    """Ask for txid's outcome until it is decided or the deadline passes (then ``pending``)."""
+    """Ask for txid's outcome until it is decided, or forgotten, or the deadline passes (then ``pending``)."""
     poll_s = db.config.timeouts.status_poll_s
     with trio.move_on_at(deadline):
         while True:
             try:
                 outcome = await db.status(txid, participants)
-                if outcome in (COMMITTED, ABORTED):
+                if outcome in (COMMITTED, ABORTED, FORGOTTEN):
                     return outcome
             except (Unavailable, Timeout):
                 pass
@@ -177,7 +178,7 @@ async def run(db: Database, fn: Callable[..., Awaitable[R]], *args: Any, protoco
     ``CommitUnknown`` is asked about, by its own txid and participants, and at least for
     ``timeouts.client_attempt_s`` even when the deadline is nearer: committed, the body's result is
     returned; aborted, it is retried; still pending, the ``CommitUnknown`` is raised (nothing else can
-    say which it was). Any other failure of an attempt committed nothing.
+    say which it was), and forgotten, a ``CommitUnknown`` whose ``forgotten`` is true. Any other failure of an attempt committed nothing.
     """
     policy = RetryPolicy.starting_now("transaction", db.config.timeouts,
                                       max_attempts=db.config.transactions.retry_limit)
@@ -209,6 +210,10 @@ async def _commit_settled(db: Database, tx: Transaction, deadline: float) -> Clu
             return None
         if outcome == ABORTED:
             return Conflict(f"{exc.txid} was aborted (asked after: {exc.message})", txid=exc.txid)
+        if outcome == FORGOTTEN or exc.forgotten:
+            raise CommitUnknown(f"{exc.txid}: its outcome was forgotten (decided too long ago for anyone asked "
+                                f"to remember which way; it was not presumed aborted): {exc.message}",
+                                txid=exc.txid, participants=list(exc.participants), outcome=FORGOTTEN) from exc
         raise
 
 

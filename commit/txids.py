@@ -3,7 +3,13 @@
 A txid is ``"<protocol>:<32 hex digits>.<16 hex digits>.<16 hex digits>"`` for
 a multi-shard transaction and ``"1pc:<shard>:<32 hex digits>"`` for a
 single-shard one.
-128 random bits never repeat across restarts; the prefix tells an in-doubt
+The 32 hex digits are a ULID's layout: the first 12 are the client's clock at
+creation, in milliseconds since the Unix epoch (``created_ms``), the other 20
+are 80 random bits, which never repeat across restarts. The time orders
+forgetting: a node forgets a finished transaction only once its creation time
+is below that node's horizon, and answers any txid below the horizon that it
+does not hold "forgotten" instead of presuming it aborted
+(``consensus.horizon``; docs/PROTOCOLS.md, "Forgetting"). The prefix tells an in-doubt
 participant or a status query whom to ask (the 2pc/3pc coordinator node, the
 coordinator group, or the one shard). A txid that lies about its prefix
 cannot break safety: every authority fences an unknown txid as aborted
@@ -30,6 +36,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -39,6 +46,7 @@ from commit.protocols.registry import NAMES, ONE_PHASE, ProtocolSpec, spec
 from consensus.errors import InvalidRequest
 
 NONCE_BYTES = 16
+TIME_BYTES = 6  # of the nonce: the creation time in milliseconds, big-endian (ULID's 48 bits)
 DIGEST_BYTES = 8
 _TXID = re.compile(
     rf"(?:({'|'.join(re.escape(name) for name in NAMES)}):([0-9a-f]{{32}})\.([0-9a-f]{{16}})\.([0-9a-f]{{16}}))"
@@ -66,13 +74,26 @@ def new_txid(protocol: str, participants: Payloads | Iterable[str] = (), shard: 
     ``participants`` maps each shard to its reads and writes (what a commit sends); shard names alone
     bind an empty payload at each, for a txid that is never committed (a status question, a test).
     """
-    nonce = os.urandom(NONCE_BYTES).hex()
+    created = int(time.time() * 1000).to_bytes(TIME_BYTES, "big")
+    nonce = (created + os.urandom(NONCE_BYTES - TIME_BYTES)).hex()
     if shard is not None:
         return f"{ONE_PHASE.name}:{shard}:{nonce}"
     payloads = participants if isinstance(participants, Mapping) else {
         name: {"reads": [], "writes": []} for name in participants}
     return (f"{protocol}:{nonce}.{_digest(protocol, nonce, payloads)}"
             f".{_payload_digest(protocol, nonce, payloads)}")
+
+
+def created_ms(txid: str) -> int:
+    """When the client made txid, in milliseconds since the epoch (its clock): the stamp it is forgotten by.
+
+    0 for a name that is no txid of ``new_txid``'s (the simulators' ``t0``...): older than any horizon, so
+    it is "forgotten" as soon as anything is, the safe side (the nodes check every txid at the edge).
+    """
+    try:
+        return int(txid.rpartition(":")[2][:2 * TIME_BYTES], 16)
+    except ValueError:
+        return 0
 
 
 def check_txid(txid: object) -> str:

@@ -13,6 +13,15 @@ so under load many acceptances share one forced write. The write itself is
 shielded from cancellation: a batch is either fully handed to the OS or the
 callers waiting on it are told it failed.
 
+Forgetting: two more kinds of record, ``["finished", [instance, ...]]`` (every
+participant acknowledged these instances' outcome, so they may be forgotten
+once older than the horizon) and ``["horizon", stamp]`` (instances stamped below
+it that the log does not hold were forgotten). ``compact`` rewrites the file
+with what the acceptor still holds (``RecordFile.replace``: a new file, synced
+in ``fsync`` mode, renamed over the old one, the directory synced), in the
+flusher's turn, so that no batch is appended to the old file after the new
+one's contents were taken.
+
 The file is one of ``consensus.framed_file``'s: every record has a checksum,
 a torn last write is cut on load and damage anywhere else is ``CorruptFile``,
 as is a record that is not an acceptor's (an instance, ballots as the
@@ -24,7 +33,7 @@ none of them may answer as if its promise or acceptance were durable.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -42,14 +51,19 @@ KIND = "paxos acceptor log"
 
 class _Batch:
     def __init__(self) -> None:
-        self.records: list[Record] = []
+        self.records: list[list[Any]] = []
+        self.replacement: Callable[[], list[list[Any]]] | None = None  # the whole file, taken when written
         self.done = trio.Event()
         self.error: BaseException | None = None
 
 
-def _checked(path: Path, offset: int, value: Any, values: Collection[Any] | None) -> Record:
-    """A record as written by ``persist``, or ``CorruptFile`` naming where it is."""
+def _checked(path: Path, offset: int, value: Any, values: Collection[Any] | None) -> Record | list[Any]:
+    """A record as written by ``persist``, ``finish`` or ``compact``, or ``CorruptFile`` naming where it is."""
     match value:
+        case ["horizon", int()]:
+            return value
+        case ["finished", list() as instances] if all(isinstance(i, list) for i in instances):
+            return value
         case [list() as instance, promised, accepted_ballot, accepted]:
             try:
                 ballot_of(promised)
@@ -78,10 +92,21 @@ class AcceptorLog:
         self._file, records = open_record_file(
             path, KIND, synced=durability is Durability.FSYNC,
             consequence="This node's Paxos acceptor answers no promise and no acceptance")
-        self._records = [_checked(path, r.offset, r.value, values) for r in records]
+        self.horizon = 0
+        self.finished: list[list[Any]] = []  # instances whose participants all acknowledged the outcome
+        self._records: list[Record] = []
+        for record in records:
+            match _checked(path, record.offset, record.value, values):
+                case ["horizon", int() as horizon]:
+                    self.horizon = max(self.horizon, horizon)
+                case ["finished", list() as instances]:
+                    self.finished.extend(instances)
+                case checked:
+                    self._records.append(checked)  # type: ignore[arg-type]
+        self.written = len(records)  # records in the file, live or dead: what compaction weighs
 
     def load(self) -> list[Record]:
-        """Every record on disk when the log was opened, oldest first (a torn tail was cut off)."""
+        """Every instance record on disk when the log was opened, oldest first (a torn tail was cut off)."""
         return list(self._records)
 
     def problem(self) -> str | None:
@@ -89,15 +114,28 @@ class AcceptorLog:
         return self._file.problem()
 
     async def persist(self, records: list[Record]) -> None:
-        batch = self._next
-        batch.records.extend(records)
+        """Make ``records`` durable (in the next group-committed write); ``StorageUnavailable`` if not."""
+        self._next.records.extend(list(r) for r in records)
+        await self._submit(self._next)
+
+    async def finish(self, instances: list[list[Any]]) -> None:
+        """Record that every participant acknowledged these instances' outcome (they may be forgotten)."""
+        self._next.records.append(["finished", instances])
+        await self._submit(self._next)
+
+    async def compact(self, live: Callable[[], list[list[Any]]]) -> None:
+        """Replace the file with ``live()`` (taken in the flusher's turn, before the next batch's appends)."""
+        self._next.replacement = live
+        await self._submit(self._next)
+
+    async def _submit(self, batch: _Batch) -> None:
         if self._flushing:
             await batch.done.wait()
         else:
             self._flushing = True
             try:
                 with trio.CancelScope(shield=True):
-                    while self._next.records:
+                    while self._next.records or self._next.replacement is not None:
                         await self._flush(self._next)
             finally:
                 self._flushing = False
@@ -107,19 +145,29 @@ class AcceptorLog:
     async def _flush(self, batch: _Batch) -> None:
         self._next = _Batch()
         try:
-            records = [list(r) for r in batch.records]
-            if self.durability is Durability.FSYNC:
-                await trio.to_thread.run_sync(self._write, records)  # a disk sync: off the event loop
-            else:
-                self._write(records)  # into the page cache: cheaper than a thread hop
-                await trio.lowlevel.checkpoint()
-            self.forced_writes += 1
+            if batch.replacement is not None:
+                await self._io(self._replace, batch.replacement())  # taken here: the state is the loop's
+            if batch.records:
+                await self._io(self._write, batch.records)
+                self.forced_writes += 1
         except Exception as exc:  # every waiter of this batch learns it failed; nobody hangs
             batch.error = exc
         batch.done.set()
 
+    async def _io(self, write: Callable[[list[list[Any]]], None], records: list[list[Any]]) -> None:
+        if self.durability is Durability.FSYNC:
+            await trio.to_thread.run_sync(write, records)  # a disk sync: off the event loop
+        else:
+            write(records)  # into the page cache: cheaper than a thread hop
+            await trio.lowlevel.checkpoint()
+
     def _write(self, records: list[list[Any]]) -> None:
         self._file.append(records, sync=self.durability is Durability.FSYNC)
+        self.written += len(records)
+
+    def _replace(self, records: list[list[Any]]) -> None:
+        self._file.replace(records)
+        self.written = len(records)
 
     def close(self) -> None:
         self._file.close()

@@ -1,7 +1,8 @@
 """A table that remembers at most ``cap`` entries, forgetting the oldest first.
 
-Why one helper: nodes keep several such tables (decided outcomes, traces, Paxos bundles and tallies,
-sessions), and inside a replicated state machine the eviction must be deterministic, so that every
+Why one helper: nodes keep several such tables (traces, Paxos bundles and tallies, sessions: caches
+whose lost entries cost a retry, never a wrong answer; decided outcomes, which must not be cut blindly,
+are ``consensus.horizon``'s), and inside a replicated state machine the eviction must be deterministic, so that every
 replica forgets the same entries: insertion order is, and the cap comes from ``cluster.toml``, which
 every replica reads alike. Picklable, for snapshots.
 """

@@ -193,10 +193,18 @@ class LimitedConnection(TcpConnection):
     so at most one ``recv`` (``recvBufferSize``) lies beyond the frame being checked. Parsing: one whole
     frame at a time goes to PySyncObj's ``__processParseMessage``, which decrypts it, checks its
     timestamp and random key, and unpickles it (or disconnects).
+
+    Dialling: the socket is bound to ``source_host``, the replica's own address, before it connects, so a
+    peer sees traffic from this node come from this node's address, not from whatever the kernel picks
+    (127.0.0.1 for every node on loopback). A partition made of address rules (``chaos.nemesis``) then cuts
+    both directions of every connection, the ones this node dialled included.
     """
 
-    def __init__(self, *args: Any, limits: RaftTransportLimits, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, limits: RaftTransportLimits, source_host: str | None = None,
+                 **kwargs: Any) -> None:
         self._limits = limits
+        self._source_host = source_host
+        self._dialling = False
         self._frames = FrameReader(limits)
         self._opened_at = monotonic()
         self.peer_host: str | None = None
@@ -216,13 +224,22 @@ class LimitedConnection(TcpConnection):
         self._frames.proven = self.encryptor is None  # nothing to prove: the peer sends Raft traffic first
         self._opened_at = monotonic()
         self._peer = f"{host}:{port}"
+        self._dialling = True
         try:
             return bool(super().connect(host, port))
-        except OSError as exc:  # socket() or setsockopt(): out of descriptors or buffers
+        except OSError as exc:  # socket(), setsockopt() or bind(): out of descriptors or buffers
             _throttled.warning("connect", "cannot open a Raft connection to %s: %s (tried again later)",
                                self._peer, exc)
             self.disconnect()
             return False
+        finally:
+            self._dialling = False
+
+    def setSockoptKeepalive(self) -> None:  # noqa: N802 (PySyncObj's name)
+        """PySyncObj's last step on a new socket before ``connect``: where the source address is bound."""
+        super().setSockoptKeepalive()
+        if self._dialling and self._source_host is not None:
+            self._TcpConnection__socket.bind((self._source_host, 0))
 
     def disconnect(self) -> None:
         self._frames.clear()
@@ -427,7 +444,9 @@ class LimitedTransport(ps_transport.TCPTransport):
             super()._createServer()
 
     def addNode(self, node: Any) -> None:  # noqa: N802 (PySyncObj's name)
-        with _swapped(ps_transport, "TcpConnection", functools.partial(LimitedConnection, limits=self._limits)):
+        source = self._selfNode.host if self._selfNode is not None else None
+        with _swapped(ps_transport, "TcpConnection",
+                      functools.partial(LimitedConnection, limits=self._limits, source_host=source)):
             super().addNode(node)
 
     def _onTick(self) -> None:  # noqa: N802 (PySyncObj's name)

@@ -81,6 +81,7 @@ class RpcSettings:
     idle_timeout_s: float = 600.0
     max_connections: int = 1024
     max_connections_per_address: int = 512
+    source_host: str | None = None  # a node dials from its own address, so that address rules can cut it off
 
 
 @dataclass(frozen=True)
@@ -496,7 +497,7 @@ async def connect_rpc(
     """Connect and authenticate; the caller must then run ``client.read_responses()``."""
     peer = f"{host}:{port}"
     try:
-        stream = await trio.open_tcp_stream(host, port)
+        stream = await trio.open_tcp_stream(host, port, local_address=settings.source_host)
     except OSError as exc:
         raise Unavailable(f"cannot connect to {peer}: {exc.strerror or exc}") from None
     conn = FramedStream(stream, settings.max_handshake_frame_bytes)

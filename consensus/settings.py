@@ -51,6 +51,23 @@ class RaftSettings:
         }
 
 
+@dataclass(frozen=True)
+class Compaction:
+    """When a log of records (``2pc.log``, ``acceptor.log``) is rewritten with only its live records.
+
+    The defaults are those of ``cluster.toml`` (``limits.compact_dead_share``,
+    ``limits.compact_min_dead_records``). Rewriting costs a write of every live record, so it waits until
+    the dead ones are both a share of the file and many: the cost per dead record then stays constant
+    (the same amortisation as PySyncObj's ``logCompactionMinEntries``).
+    """
+
+    dead_share: float = 0.5  # of the file's records, dead ones (forgotten transactions) ...
+    min_dead_records: int = 10_000  # ... and at least this many of them, before it is rewritten
+
+    def due(self, dead: int, total: int) -> bool:
+        return dead >= self.min_dead_records and dead >= self.dead_share * total
+
+
 # The largest frame a peer may send before it proved a secret, on RPC and Raft ports alike: a handshake
 # frame is 230-320 bytes, so this leaves room while a stranger can make a node buffer almost nothing.
 HANDSHAKE_FRAME_BYTES = 4096

@@ -107,6 +107,8 @@ def _templates(rng: random.Random, live: list[tuple[str, tuple[str, ...]]], keys
         "paxos.phase1a": {"txid": txid, "ballot": ballot, "participants": list(participants),
                           "instances": list(participants)},
         "paxos.accept": {"txid": txid, "ballot": ballot, "values": {s: "aborted" for s in participants}},
+        "paxos.forget": {"leader": node, "finished": [[txid, list(participants)]]},
+        "paxos.learned": {"learned": [[txid, shard, list(participants)]]},
         "node.status": {},
         "node.trace": {"txid": txid},
         "node.compact": {},

@@ -103,6 +103,8 @@ def _forged(method: str) -> dict[str, Any]:
         "paxos.learn": {"txid": txid, "acceptor": "n1", "values": {shard: "prepared"}, "participants": [shard]},
         "paxos.phase1a": {"txid": txid, "ballot": [1, 1, 1], "participants": [shard], "instances": [shard]},
         "paxos.accept": {"txid": txid, "ballot": [1, 1, 1], "values": {shard: "prepared"}, "participants": [shard]},
+        "paxos.forget": {"leader": "n1", "finished": [[txid, [shard]]]},
+        "paxos.learned": {"learned": [[txid, shard, [shard]]]},
     }[method]
 
 

@@ -271,9 +271,9 @@ async def test_a_paused_old_leader_stops_recovering_once_it_no_longer_leads(paus
         print(f"recovered without the paused leader in {trio.current_time() - paused:.1f}s")
         assert await db.status(tx.txid, participants=(shard_group(0), shard_group(1))) == "aborted"
         cluster.resume(old)
-        await trio.sleep(3 * PAUSED_VOTE_TIMEOUT_S)  # three of the old leader's vote/recovery timeouts
+        await trio.sleep(2 * PAUSED_VOTE_TIMEOUT_S)  # two of the old leader's vote/recovery timeouts
         first = await _recovery_messages_from(cluster, old, tx.txid)
-        await trio.sleep(3 * PAUSED_VOTE_TIMEOUT_S)
+        await trio.sleep(2 * PAUSED_VOTE_TIMEOUT_S)
         later = await _recovery_messages_from(cluster, old, tx.txid)
         state = await _coordinator_state(cluster, old, tx.txid)
         print(f"old leader {old}: {first} then {later} phase-1a messages, state {state}")

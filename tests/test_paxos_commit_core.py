@@ -19,6 +19,7 @@ from commit.protocols.paxos_commit import (
     RESEND_TIMER,
     TRANSITIONS,
     VOTES_TIMER,
+    OutcomeForgotten,
     PaxosCommitLeader,
     Phase1a,
     Phase1b,
@@ -381,6 +382,17 @@ def test_phase_2b_from_a_quorum_at_the_recovery_ballot_decides(value, outcome):
     assert leader.handle(two_b("a0", values, ballot=B1, now=7.5)) == decision(outcome, 7.5)
     assert leader.state == "decided"
     assert leader.outcome == outcome
+
+
+def test_an_acceptor_that_forgot_the_instances_stops_the_recovery_without_an_outcome():
+    """"Nothing accepted" from an acceptor that forgot would make phase 2 propose "aborted" for what may
+    have committed (docs/PROTOCOLS.md, "Forgetting"): the leader stops instead, deciding nothing."""
+    leader = recovering()
+    leader.handle(one_b("a1", {"s0": (None, None), "s1": (None, None)}, B1))
+    forgotten = Phase1b(now=2.0, acceptor="a2", ballot=B1, promised=False, accepted={}, forgotten=True)
+    assert leader.handle(forgotten) == [OutcomeForgotten(acceptor="a2")]
+    assert leader.state == "done" and leader.outcome is None and not leader.participants_acked
+    assert leader.handle(one_b("a0", {"s0": (None, None), "s1": (None, None)}, B1)) == []
 
 
 def test_recover_from_idle_runs_phase_1_for_every_participant():

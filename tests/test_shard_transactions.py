@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from commit.errors import Conflict
-from commit.outcomes import ABORTED, COMMITTED, PREPARED, UNKNOWN
+from commit.outcomes import ABORTED, COMMITTED, FORGOTTEN, PREPARED, UNKNOWN
 from commit.node.state_machines.shard import ABSENT, Cell, Lock, Prepared, ShardState
 from consensus.errors import InternalError, InvalidRequest
 
@@ -390,13 +390,13 @@ def test_commit_one_of_a_prepared_txid_conflicts():
 # -- bookkeeping -------------------------------------------------------------------
 
 
-def test_decided_table_is_bounded_by_max_decided_evicting_the_oldest():
+def test_a_full_decided_table_raises_its_horizon_so_what_it_evicts_is_forgotten_not_unknown():
     shard = ShardState(max_decided=3)
-    txids = [f"2pc:{i:032x}" for i in range(5)]
+    txids = [f"2pc:{i + 1:012x}{0:020x}" for i in range(5)]  # made at 1, 2, ... ms: the order they are forgotten in
     for txid in txids:
         shard.apply(("refuse", txid))
     assert list(shard.decided) == txids[2:]
-    assert shard.state_of(txids[0]) is None
+    assert shard.state_of(txids[0]) == FORGOTTEN  # never None: a later fence or PREPARE would take it for new
     assert shard.outcomes[ABORTED] == 5  # counters are not bounded
 
 

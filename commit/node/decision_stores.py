@@ -16,6 +16,11 @@ bounded, replicated table). ``LocalLogStore`` keeps no fence of its own: its ``s
 txid it has no record of, and the transaction manager asks the participants, who fence it themselves, or,
 when every one of them prepared it, makes the abort durable with ``decide``. Either way the fence outlives
 a restart of the coordinator, and a question about a txid nobody ran costs the log nothing.
+
+Forgetting (docs/PROTOCOLS.md, "Forgetting"): both stores drop a finished transaction once its txid is
+older than their horizon, and ``forgotten`` says when "no record" means "maybe decided, and forgotten"
+rather than "never decided": such a txid is answered ``forgotten``, never presumed aborted, and never run
+again.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import trio
 
 from commit.node.decision_log import DecisionLog
 from commit.node.state_machines.coordinator_group import CoordinatorState
-from commit.outcomes import ABORTED, COMMITTED, PENDING
+from commit.outcomes import ABORTED, COMMITTED, FORGOTTEN, PENDING
 from consensus.errors import StorageUnavailable
 from consensus.group import ReplicaGroup
 
@@ -39,12 +44,16 @@ class DecisionStore(Protocol):
     async def finish(self, txid: str) -> None: ...
 
     async def status(self, txid: str, active: bool) -> str | None:
-        """The outcome, ``pending``, or None: no record here and no core drives it (ask the participants)."""
+        """The outcome, ``pending``, ``forgotten``, or None: no record here and no core drives it (ask the
+        participants; presumed abort may then decide it)."""
 
     def outcome_of(self, txid: str) -> str | None:
         """The decided outcome in this node's copy of the store, read without writing anything."""
 
     def recorded_participants(self, txid: str) -> tuple[str, ...] | None: ...
+
+    def forgotten(self, txid: str) -> bool:
+        """Whether this node's copy of the store may have decided txid and forgotten it (no record, too old)."""
 
 
 class LocalLogStore:
@@ -82,6 +91,8 @@ class LocalLogStore:
             return logged
         if active:
             return PENDING
+        if self.log.forgotten(txid):
+            return FORGOTTEN
         if not self.log.intact():  # a failed decision stayed in the file: the restart may read it as made
             raise StorageUnavailable(f"{txid}: {self.log.path}: {self.log.problem()}; "
                                      "no transaction is presumed aborted until then")
@@ -93,6 +104,9 @@ class LocalLogStore:
 
     def recorded_participants(self, txid: str) -> tuple[str, ...] | None:
         return None  # nothing is recorded before the decision: an undecided txid is presumed aborted
+
+    def forgotten(self, txid: str) -> bool:
+        return self.log.forgotten(txid)
 
 
 class RaftStore:
@@ -124,3 +138,8 @@ class RaftStore:
         assert isinstance(machine, CoordinatorState)
         record = machine.txns.get(txid)
         return record.participants if record is not None and record.outcome is None else None
+
+    def forgotten(self, txid: str) -> bool:
+        machine = self.group.machine
+        assert isinstance(machine, CoordinatorState)
+        return machine.outcome_of(txid) == FORGOTTEN

@@ -63,6 +63,7 @@ EXECUTORS: dict[type, str] = {
     pc.Phase1a: "phase1a",
     pc.Phase2a: "phase2a",
     pc.Superseded: "superseded",
+    pc.OutcomeForgotten: "outcome_forgotten",
     three.SendMove: "send_move",
     three.SendJoin: "send_join",
     three.GaveUp: "gave_up",

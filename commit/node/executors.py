@@ -17,11 +17,13 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from commit.node.driver import Failed
+from commit.outcomes import FORGOTTEN
 from commit.protocols import paxos_commit as pc
 from commit.protocols import three_phase as three
 from commit.protocols import two_phase as tp
 from commit.protocols.events import Acked, Finished, Reply, SendDecision, SendPrepare, Vote
 from consensus.errors import ClusterError, NotPrepared, Unavailable
+from consensus.horizon import Forgotten
 from consensus.paxos import ballot_of
 
 if TYPE_CHECKING:
@@ -32,6 +34,14 @@ log = logging.getLogger(__name__)
 
 class HandedOver(Unavailable):
     """This node stopped driving a transaction that another coordinator-group leader owns now."""
+
+
+def _remembered(txid: str, outcome: Any) -> Any:
+    """The store's answer; ``Forgotten`` (this coordinator stops, deciding nothing) if it forgot txid."""
+    if outcome == FORGOTTEN:
+        raise Forgotten(f"{txid} is older than anything the decision store remembers: not run again",
+                        maybe_applied=True)
+    return outcome
 
 
 class NodeExecutors:
@@ -48,6 +58,7 @@ class NodeExecutors:
 
         async def begin() -> None:
             outcome = await self._durably("begin", run.txid, lambda: store.begin(run.txid, effect.participants))
+            _remembered(run.txid, outcome)
             run.feed(tp.Persisted(now=trio.current_time(), outcome=outcome))
 
         run.tasks.start_soon(begin)
@@ -61,6 +72,7 @@ class NodeExecutors:
             await self.m.hooks.checkpoint("coordinator.after_votes", run.txid)
             final = await self._durably("decision", run.txid,
                                         lambda: store.decide(run.txid, effect.outcome, participants))
+            _remembered(run.txid, final)
             await self.m.hooks.checkpoint("coordinator.after_decision", run.txid)
             run.feed(tp.Persisted(now=trio.current_time(), outcome=final))
 
@@ -68,6 +80,8 @@ class NodeExecutors:
 
     async def finished(self, run: ActiveTxn, effect: Finished) -> None:
         store = self.m.store
+        if self.m.paxos is not None and run.core.participants_acked:
+            self.m.acknowledged.append((run.txid, run.core.participants))  # the acceptors may forget it
         if store is None:
             return
         assert run.tasks is not None
@@ -105,6 +119,8 @@ class NodeExecutors:
         with trio.move_on_after(self.m.vote_timeout_s):
             try:
                 yes, reason = await self.m.peers.prepare(shard, run.txid, payload, self._meta(run))
+            except Forgotten:
+                raise  # the shard may have voted and committed it long ago: this run stops, deciding nothing
             except ClusterError as exc:
                 log.info("%s: no vote from %s: %s", run.txid, shard, exc)
                 return
@@ -129,9 +145,10 @@ class NodeExecutors:
         Only a commit gets ``not_prepared`` (an abort of a txid a shard never prepared is presumed abort's
         own case: the shard records it aborted and acknowledges). A shard that never prepared txid can be
         sent a commit only if the decision is no real one (every participant voted YES before any commit
-        was decided) or it committed the transaction and then forgot it; either way nothing is left for it
-        to apply, and it has fenced txid (a later PREPARE votes NO), so the decision is not sent again.
-        Any other error is retried at the next resend.
+        was decided); nothing is left for it to apply, and it has fenced txid (a later PREPARE votes NO),
+        so the decision is not sent again. A shard that decided txid and forgot it since answers
+        ``forgotten``, an acknowledgement too: it forgets only what it decided, or what no one can
+        prepare there any more. Any other error is retried at the next resend.
         """
         with trio.move_on_after(self.m.resend_s):
             try:
@@ -206,7 +223,8 @@ class NodeExecutors:
             promise = reply.get("promise")
             run.feed(pc.Phase1b(now=trio.current_time(), acceptor=acceptor, ballot=ballot,
                                 promised=reply["promised"], accepted=accepted,
-                                promise=ballot_of(promise) if promise is not None else None))
+                                promise=ballot_of(promise) if promise is not None else None,
+                                forgotten=reply.get("forgotten", False)))
 
     async def phase2a(self, run: ActiveTxn, effect: pc.Phase2a) -> None:
         assert run.tasks is not None
@@ -233,6 +251,10 @@ class NodeExecutors:
 
     async def superseded(self, run: ActiveTxn, effect: pc.Superseded) -> None:
         raise HandedOver(f"{run.txid}: {effect.reason}; the leader of that term finishes it")
+
+    async def outcome_forgotten(self, run: ActiveTxn, effect: pc.OutcomeForgotten) -> None:
+        raise Forgotten(f"{run.txid}: acceptor {effect.acceptor} forgot it (every participant had acknowledged "
+                        f"its outcome): not recovered", maybe_applied=True)
 
     # -- the client ----------------------------------------------------------------------------
 

@@ -11,6 +11,10 @@ The rules are sans-IO cores (``commit.protocols.paxos_participant``: ``AcceptorB
   send. It also answers the leader's recovery phases 1a and 2a at higher ballots; a 1a it refuses is
   answered with the ballot it promised instead, so that a leader of an earlier term learns it has been
   superseded.
+* Forgetting: the leader tells every acceptor, in batches, which transactions every participant
+  acknowledged (``paxos.forget``); under Faster Paxos Commit, whose leader hears no acknowledgement, each
+  participant that applied an outcome it learned tells every acceptor itself (``paxos.learned``). Only
+  transactions every participant has are forgotten (``consensus.acceptor``).
 * Fast learner (a shard leader, Faster Paxos Commit): ``FastLearner`` tallies the bundles; once it knows
   the outcome the shard applies it, without waiting for the leader.
 """
@@ -29,8 +33,10 @@ from commit.node.tracing import Tracer
 from commit.outcomes import ABORTED, COMMITTED
 from commit.protocols.paxos_participant import AcceptorBundles, FastLearner, PersistAcceptances, Send2b, SendLearn, Vote2a
 from consensus.acceptor import Acceptor
+from consensus.bounded import BoundedTable
 from consensus.errors import ClusterError
 from consensus.group import ReplicaGroup
+from consensus.horizon import Forgotten
 from consensus.paxos import BALLOT_ZERO, Ballot
 
 log = logging.getLogger(__name__)
@@ -52,6 +58,8 @@ class PaxosNode:
         self.nursery = nursery
         self.bundles = AcceptorBundles(max_pending)
         self.learner = FastLearner(len(acceptor_ids) // 2 + 1, max_pending)
+        self.learned: list[tuple[str, str, tuple[str, ...]]] = []  # participant: outcomes applied, to tell
+        self.learning: BoundedTable[str, set[str]] = BoundedTable(max_pending)  # acceptor: who told, per txid
         # Set by the node once its leader side exists: hands a 2b to a leader on this same node.
         self.deliver_local: Any = None
 
@@ -129,7 +137,11 @@ class PaxosNode:
 
     async def on_phase1a(self, txid: str, ballot: Ballot, instances: tuple[str, ...]) -> dict[str, Any]:
         assert self.acceptor is not None
-        promised, accepted, promise = await self.acceptor.promise(ballot, [(txid, p) for p in instances])
+        try:
+            promised, accepted, promise = await self.acceptor.promise(ballot, [(txid, p) for p in instances])
+        except Forgotten as exc:
+            log.info("%s: phase 1a refused: %s", txid, exc)
+            return {"promised": False, "accepted": [], "promise": None, "forgotten": True}
         self.tracer.forced(txid, "acceptor promise")
         return {"promised": promised,
                 "accepted": [[p, list(b) if b is not None else None, v] for (_, p), (b, v) in accepted.items()],
@@ -141,6 +153,29 @@ class PaxosNode:
         self.tracer.forced(txid, "acceptor accept")
         return {"accepted": {p: v for (_, p), v in accepted.items()}}
 
+    async def on_forget(self, finished: list[tuple[str, tuple[str, ...]]]) -> None:
+        """The leader's word that every participant of these transactions acknowledged the outcome: their
+        instances may be forgotten once older than the horizon (``consensus.acceptor``), their bundles now."""
+        assert self.acceptor is not None
+        for txid, _ in finished:
+            self.bundles.forget(txid)
+        await self.acceptor.finish([(txid, p) for txid, participants in finished for p in participants])
+
+    async def on_learned(self, learned: list[tuple[str, str, tuple[str, ...]]]) -> None:
+        """Faster Paxos Commit's acknowledgements: each participant that applied an outcome it learned says
+        so (its leader hears none); once every participant of a transaction has, it is finished here."""
+        done = []
+        for txid, shard, participants in learned:
+            shards = self.learning.get(txid)
+            if shards is None:
+                shards = self.learning.remember(txid, set())
+            shards.add(shard)
+            if shards >= set(participants):
+                del self.learning[txid]
+                done.append((txid, participants))
+        if done:
+            await self.on_forget(done)
+
     # -- fast learner ---------------------------------------------------------------------
 
     async def on_learn(self, txid: str, shard: str, acceptor: str, values: dict[str, str],
@@ -149,4 +184,5 @@ class PaxosNode:
         outcome = self.learner.on_2b(txid, shard, acceptor, values, participants)
         if outcome is not None:
             await self.shards[shard].propose(("commit" if outcome == COMMITTED else "abort", txid))
+            self.learned.append((txid, shard, participants))  # told to the acceptors (paxos.learned)
         return outcome

@@ -16,9 +16,10 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from commit.node.tracing import Tracer
-from commit.outcomes import COMMITTED, PREPARED
+from commit.outcomes import COMMITTED, FORGOTTEN, PREPARED
 from commit.status import shard_state
 from consensus.errors import ClusterError
+from consensus.horizon import Forgotten
 
 log = logging.getLogger(__name__)
 
@@ -46,12 +47,18 @@ class Peers:
 
     async def prepare(self, shard: str, txid: str, payload: dict[str, Any] | None,
                       meta: dict[str, Any]) -> tuple[bool, str]:
-        """PREPARE with the payload, or, for a coordinator that recovered without it, a vote query."""
+        """PREPARE with the payload, or, for a coordinator that recovered without it, a vote query.
+
+        ``Forgotten`` if the shard refused the PREPARE as older than what it remembers: that is no vote
+        (it may have voted yes and committed long ago), so the coordinator must not abort on it.
+        """
         if payload is None:
             state = await shard_state(self.db, shard, txid)
             return state in (PREPARED, COMMITTED), state
         params = {"txid": txid, "shard": shard, **payload, **meta}
         reply = await self.call_group_traced(shard, "shard.prepare", params, "prepare", meta["hop"])
+        if reply["vote"] == FORGOTTEN:
+            raise Forgotten(f"{shard}: {reply.get('reason', '')}", maybe_applied=True)
         return reply["vote"] == "yes", reply.get("reason", "")
 
     async def participant_states(self, txid: str, participants: tuple[str, ...], timeout_s: float) -> dict[str, str]:

@@ -10,6 +10,9 @@ outlives ``serve_node``):
   it resumes every ``raft-2pc`` transaction the old leader left in flight;
 * on the ``2pc`` coordinator node, the transactions its log says were decided
   but not yet acknowledged by every shard are resumed at start;
+* the forgetter (``commit.node.forgetting``): every ``limits.forget_interval_s``
+  the finished transactions older than ``limits.forget_after_s`` are forgotten
+  from the groups this node leads, its ``2pc.log``, its managers and its acceptor;
 * on the coordinator group's nodes, the saga orchestrator's watch: the leader
   drives every active saga (``commit.node.sagas``); services are called as a
   client (they accept the client secret, never a node's key).
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import logging
 from functools import partial
+from typing import Any
 
 import trio
 
@@ -27,6 +31,7 @@ from commit.config import COORDINATOR_GROUP, ClusterConfig, ConfigError
 from commit.node.decision_log import DecisionLog
 from commit.node.decision_stores import LocalLogStore, RaftStore
 from commit.node.faults import LinkFaults
+from commit.node.forgetting import Forgetter
 from commit.node.handlers import NodeParts, node_routes
 from commit.node.hooks import FaultHooks
 from commit.node.paxos_roles import PaxosNode
@@ -39,21 +44,31 @@ from commit.node.state_machines.shard import ShardState
 from commit.node.tracing import Tracer
 from commit.node.transaction_manager import PaxosSetup, TransactionManager, recover_in_flight
 from commit.outcomes import ABORTED, PREPARED
+from commit.protocols.mutants import Mutant
 from commit.protocols.registry import PROTOCOLS, Coordinator, DecisionStore, ProtocolSpec
 from commit.saga.remote import open_service_connections
+from commit.txids import created_ms
 from consensus.acceptor import Acceptor
 from consensus.errors import ClusterError
 from consensus.group import ReplicaGroup, StateMachine, open_replica_groups
 from consensus.rpc import serve_rpc
+from consensus.settings import Compaction
 
 log = logging.getLogger(__name__)
 
 LEADERSHIP_POLL_S = 0.1
 
 
+def _instance_stamp(instance: Any) -> int:
+    """A Paxos Commit instance ``(txid, shard)`` is forgotten in the order of its txid's creation."""
+    return created_ms(instance[0])
+
+
 def _machine_for(group_name: str, config: ClusterConfig) -> StateMachine:
     cap = config.limits.max_remembered_transactions  # every replica reads the same cluster.toml: deterministic caps
-    return CoordinatorState(cap, config.sagas) if group_name == COORDINATOR_GROUP else ShardState(cap)
+    if group_name == COORDINATOR_GROUP:
+        return CoordinatorState(cap, config.sagas)
+    return ShardState(cap, read_skips_lock=config.transactions.mutant == Mutant.READ_SKIPS_LOCK.value)
 
 
 async def _watch_coordinator_leadership(manager: TransactionManager, group: ReplicaGroup) -> None:
@@ -110,9 +125,13 @@ async def serve_node(
             managers: dict[str, TransactionManager] = {}
             coord = groups.get(COORDINATOR_GROUP)
             acceptor = None
+            limits = config.limits
+            compaction = Compaction(limits.compact_dead_share, limits.compact_min_dead_records)
+            decision_log = None
             if coord is not None:
                 acceptor = Acceptor(node_id, config.node_dir(node_id) / "acceptor.log", config.durability,
-                                    values=(PREPARED, ABORTED))  # a Paxos Commit instance's values
+                                    values=(PREPARED, ABORTED),  # a Paxos Commit instance's values
+                                    stamp=_instance_stamp, compaction=compaction)
             for spec in PROTOCOLS.values():
                 here = {Coordinator.GROUP: coord is not None, Coordinator.NODE: node_id == config.twopc_coordinator}
                 if not here.get(spec.coordinator, False):
@@ -122,14 +141,15 @@ async def serve_node(
                     managers[spec.name] = manager(spec, RaftStore(coord))
                     nursery.start_soon(_watch_coordinator_leadership, managers[spec.name], coord)
                 elif spec.decision_store is DecisionStore.LOG:
-                    decision_log = DecisionLog(config.node_dir(node_id) / "2pc.log")
+                    decision_log = DecisionLog(config.node_dir(node_id) / "2pc.log", compaction)
                     managers[spec.name] = manager(spec, LocalLogStore(decision_log))
                     for txid, logged in decision_log.unfinished():
                         managers[spec.name].resume(txid, logged.participants, logged.outcome)
                 elif spec.acceptors:
                     assert coord is not None
                     managers[spec.name] = manager(
-                        spec, paxos=PaxosSetup(acceptors, acceptors.index(node_id), coord.term, coord.is_leader))
+                        spec, paxos=PaxosSetup(acceptors, acceptors.index(node_id), coord.term, coord.is_leader,
+                                                  Mutant(txn.mutant)))
                 else:
                     managers[spec.name] = manager(spec)
             shards = {name: g for name, g in groups.items() if name != COORDINATOR_GROUP}
@@ -145,6 +165,8 @@ async def serve_node(
             nursery.start_soon(resolver.run)
             paxos_node = PaxosNode(node_id, acceptor, acceptors, peers, tracer, shards,
                                    txn.vote_timeout_s, nursery, config.limits.max_pending_bundles)
+            forgetter = Forgetter(limits, groups, managers, decision_log, acceptor, paxos_node)
+            nursery.start_soon(forgetter.run)
             orchestrator = None
             if coord is not None:
                 orchestrator = SagaOrchestrator(coord, services, config.sagas, config.timeouts.request_s,

@@ -28,15 +28,17 @@ from commit.node.hooks import FaultHooks
 from commit.node.peers import Peers
 from commit.node.state_machines.coordinator_group import CoordinatorState
 from commit.node.tracing import Tracer
-from commit.outcomes import ABORTED, COMMITTED, PENDING, PREPARED
+from commit.outcomes import ABORTED, COMMITTED, FORGOTTEN, PENDING, PREPARED
 from commit.protocols import paxos_commit as pc
 from commit.protocols import three_phase as three
 from commit.protocols import two_phase as tp
 from commit.protocols.events import Start
+from commit.protocols.mutants import Mutant
 from commit.protocols.registry import CoreContext, ProtocolSpec
-from consensus.bounded import BoundedTable
+from commit.txids import created_ms
 from consensus.errors import InvalidRequest
 from consensus.group import ReplicaGroup
+from consensus.horizon import HorizonTable
 from consensus.paxos import Ballot
 
 log = logging.getLogger(__name__)
@@ -77,6 +79,7 @@ class PaxosSetup:
     rank: int
     term: Callable[[], int]
     leading: Callable[[], bool]
+    mutant: Mutant = Mutant.NONE  # a deliberately broken build (tests only: commit.protocols.mutants)
 
     def leads_in(self, term: int) -> bool:
         """Whether this node still leads the coordinator group in ``term``: only then may it use ballots of it."""
@@ -117,8 +120,9 @@ class TransactionManager:
         self.executors = NodeExecutors(self)
         self.active: dict[str, ActiveTxn] = {}
         self.outcomes: Counter[str] = Counter()
-        self.decided: BoundedTable[str, str] = BoundedTable(max_remembered)  # store-less protocols: a cache
-        self.fingerprints: BoundedTable[str, str] = BoundedTable(max_remembered)  # txid -> its reads and writes
+        self.decided: HorizonTable[str, str] = HorizonTable(max_remembered)  # store-less protocols: a cache
+        self.fingerprints: HorizonTable[str, str] = HorizonTable(max_remembered)  # txid -> its reads and writes
+        self.acknowledged: list[tuple[str, tuple[str, ...]]] = []  # Paxos Commit: to tell the acceptors (paxos.forget)
         self._ballot_counter = itertools.count(1)
 
     def _ballots(self, term: int) -> Iterator[Ballot]:
@@ -138,6 +142,7 @@ class TransactionManager:
             txid=txid, participants=participants, vote_timeout_s=self.vote_timeout_s, resend_s=self.resend_s,
             acceptors=self.paxos.acceptors if self.paxos is not None else (),
             ballots=self._ballots(term) if self.paxos is not None else None,
+            mutant=self.paxos.mutant if self.paxos is not None else Mutant.NONE,
         ))
 
     async def commit(self, txid: str, payloads: dict[str, dict[str, Any]]) -> tuple[str | None, str]:
@@ -164,11 +169,14 @@ class TransactionManager:
             known = self.store.outcome_of(txid) if self.store is not None else self.decided.get(txid)
             if known is not None:
                 return known, ""
+            if self._forgotten(txid):
+                return FORGOTTEN, (f"{txid} is older than anything this coordinator remembers: it may have "
+                                   f"committed, and is never run again (ask its participants: db.status)")
             recorded = self.store.recorded_participants(txid) if self.store is not None else None
             if recorded is not None:
                 active = self.resume(txid, recorded, None)
             else:
-                self.fingerprints.remember(txid, fingerprint)
+                self.fingerprints.remember(txid, created_ms(txid), fingerprint)
                 active = self._launch(txid, tuple(sorted(payloads)), payloads, None)
         await active.reply.done.wait()
         return active.reply.outcome, active.reply.reason
@@ -189,31 +197,42 @@ class TransactionManager:
         so its participants' word is the whole answer; the coordinator group's ``fence`` (raft-2pc) is
         replicated and bounded, and needs no participant. Without the participants there is nothing to
         ask or recover: ``pending``.
+
+        A txid this coordinator's store may have decided and forgotten (older than its horizon,
+        docs/PROTOCOLS.md "Forgetting") is answered by a participant that still remembers the outcome, or
+        ``forgotten``: presumed abort would turn a forgotten commit into an abort. Paxos Commit's outcome
+        is the acceptors', not this node's cache: a participant in doubt still gets a recovery, which an
+        acceptor that forgot the instances stops (``OutcomeForgotten``) before it could choose "aborted".
         """
         active = self.active.get(txid)
         running = active is not None and active.reply.outcome is None
+        outcome = None
         if self.store is not None:
             outcome = await self.store.status(txid, active=running)
             recorded = self.store.recorded_participants(txid) if outcome == PENDING and active is None else None
             if recorded is not None:
                 self.resume(txid, recorded, None)  # a begin record nobody drives (its coordinator stopped)
-            if outcome is not None:
+            if outcome not in (None, FORGOTTEN):
                 return outcome
         elif active is not None:
             return active.reply.outcome or PENDING
         known = self.decided.get(txid)
+        forgotten = outcome == FORGOTTEN  # the store's horizon is the word; a cache's (store-less) is not
         if known is not None or not participants:
-            return known or PENDING
+            return known or (FORGOTTEN if forgotten or self._forgotten(txid) else PENDING)
         states = await self.peers.participant_states(txid, participants, self.vote_timeout_s)
         decided = next((o for o in (COMMITTED, ABORTED) if o in states.values()), None)
         in_doubt = len(states) < len(participants) or PREPARED in states.values()
+        undecided = FORGOTTEN if FORGOTTEN in states.values() else PENDING
+        if forgotten:
+            return decided or FORGOTTEN  # it may have committed: never presumed aborted, never recovered
         if self.spec is not None and self.spec.participants_terminate:
-            return decided or PENDING
+            return decided or undecided
         if self.store is not None:
             # presumed abort: forced to the log only when no participant's fence already makes it final
             return decided or await self.store.decide(txid, ABORTED, participants)
         if not in_doubt:
-            return decided or PENDING
+            return decided or undecided
         # a participant waits on it: recover it from the acceptors, which also tells every participant
         active = self.active.get(txid) or self._launch(txid, participants, None, pc.Recover(now=trio.current_time()))
         if decided is not None:
@@ -221,6 +240,18 @@ class TransactionManager:
         with trio.move_on_after(self.persist_timeout_s):
             await active.reply.done.wait()
         return active.reply.outcome or PENDING
+
+    def _forgotten(self, txid: str) -> bool:
+        """Whether this coordinator may have decided txid and forgotten it: then it never runs it again."""
+        if self.store is not None:
+            return self.store.forgotten(txid)
+        return txid not in self.decided and self.decided.forgotten(created_ms(txid))
+
+    def forget(self, horizon: int) -> int:
+        """Forget what this manager keeps of the runs made before ``horizon``: store-less protocols'
+        outcomes (a cache: the acceptors or the participants hold them) and every txid's fingerprint."""
+        self.fingerprints.forget_before(horizon, keep=self.active.__contains__)
+        return self.decided.forget_before(horizon, keep=self.active.__contains__)
 
     def terminate(self, txid: str, participants: tuple[str, ...], round_: three.Round, quorum: bool) -> bool:
         """Run Skeen's termination protocol for txid at ``round_``, unless a terminator already runs here."""
@@ -257,7 +288,7 @@ class TransactionManager:
     def replied(self, run: ActiveTxn, outcome: str, reason: str) -> None:
         """The core decided (the executors carried out its Reply): tell whoever waits, and remember it."""
         if self.store is None:
-            self.decided.remember(run.txid, outcome)
+            self.decided.remember(run.txid, created_ms(run.txid), outcome)
         run.reply.outcome = outcome
         run.reply.reason = reason
         self.outcomes[outcome] += 1

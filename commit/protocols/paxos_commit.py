@@ -37,6 +37,13 @@ the participants, which learn the outcome one message delay sooner; the
 leader then sends no decision messages on the normal path (after a
 recovery it does, since those 2b only reach the leader).
 
+An acceptor forgets a transaction's instances only once told that every
+participant acknowledged its outcome (``participants_acked``), and after
+that answers a phase 1a about them ``forgotten``: the core then stops with
+``OutcomeForgotten``, because "nothing accepted" would make it propose
+"aborted" for a transaction that may have committed (docs/PROTOCOLS.md,
+"Forgetting").
+
 Effect-order contract with the driver: ``Reply`` and ``SendDecision`` come
 only after an outcome is chosen by a quorum of acceptors, which persisted
 their acceptances before answering.
@@ -92,6 +99,8 @@ class Phase1b:
     """Acceptor's answer to phase 1a: promised or not, and what it accepted (participant -> (ballot, value)).
 
     ``promise``: when it refused, the highest ballot it had promised instead (None if it did not say).
+    ``forgotten``: it refused because it forgot these instances (every participant had acknowledged the
+    outcome, long ago): nothing it says can be counted, and no value may be proposed in their place.
     """
 
     now: float
@@ -100,6 +109,7 @@ class Phase1b:
     promised: bool
     accepted: dict[str, tuple[Ballot | None, Any]]
     promise: Ballot | None = None
+    forgotten: bool = False
 
 
 Event = Start | Recover | Phase2b | Phase1b | Acked | TimerFired
@@ -126,7 +136,15 @@ class Superseded:
     reason: str
 
 
-Effect = SendPrepare | Phase1a | Phase2a | SendDecision | Reply | SetTimer | Finished | Superseded
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OutcomeForgotten:
+    """Stop without an outcome: an acceptor forgot the instances (docs/PROTOCOLS.md, "Forgetting"), so a
+    recovery would take "nothing accepted" for "aborted" where a commit may have been chosen."""
+
+    acceptor: str
+
+
+Effect = SendPrepare | Phase1a | Phase2a | SendDecision | Reply | SetTimer | Finished | Superseded | OutcomeForgotten
 
 TRANSITIONS: dict[str, tuple[type, ...]] = {
     "idle": (Start, Recover),
@@ -141,7 +159,7 @@ TRANSITIONS: dict[str, tuple[type, ...]] = {
 @dataclass
 class PaxosCommitLeader:
     EFFECTS: ClassVar[tuple[type, ...]] = (SendPrepare, Phase1a, Phase2a, SendDecision, Reply, SetTimer, Finished,
-                                           Superseded)
+                                           Superseded, OutcomeForgotten)
 
     txid: str
     participants: tuple[str, ...]
@@ -161,9 +179,12 @@ class PaxosCommitLeader:
     recovered: bool = False
     no_votes: list[str] = field(default_factory=list)  # instances chosen "aborted" at ballot 0: a NO vote
     unvoted: tuple[str, ...] = ()  # instances phase 2 proposed "aborted" for: no vote reached the acceptors
+    votes_to_commit: int | None = None  # only the decide-on-f-votes mutant sets it (commit.protocols.mutants)
 
     @property
     def quorum(self) -> int:
+        if self.votes_to_commit is not None:  # the mutant: F acceptors' votes, one short of a majority
+            return self.votes_to_commit
         return len(self.acceptors) // 2 + 1
 
     def handle(self, event: Event) -> list[Effect]:
@@ -224,6 +245,9 @@ class PaxosCommitLeader:
         return self._maybe_decide(now)
 
     def _maybe_decide(self, now: float) -> list[Effect]:
+        if self.votes_to_commit is not None:  # the mutant: the first F "prepared" instances decide commit
+            if sum(1 for v in self.chosen.values() if v == PREPARED) >= self.votes_to_commit:
+                return self._decide(COMMITTED, now)
         if any(v == ABORTED for v in self.chosen.values()):
             return self._decide(ABORTED, now)
         if all(self.chosen.get(p) == PREPARED for p in self.participants):
@@ -242,6 +266,9 @@ class PaxosCommitLeader:
         ]
 
     def _on_1b(self, event: Phase1b) -> list[Effect]:
+        if event.forgotten:
+            self.state = "done"
+            return [OutcomeForgotten(acceptor=event.acceptor)]
         learned = self._learn(event.acceptor, event.accepted, event.now)
         if learned or self.state != "recovering":
             return learned
@@ -286,6 +313,13 @@ class PaxosCommitLeader:
             + [SendDecision(participant=p, outcome=outcome) for p in self.participants]
             + [SetTimer(name=RESEND_TIMER, deadline=now + self.resend_s)]
         )
+
+    @property
+    def participants_acked(self) -> bool:
+        """Whether every participant acknowledged the outcome: then the acceptors may forget it. Not on
+        Faster Paxos Commit's normal path, where the leader sends no decision and hears no ack (there the
+        participants tell the acceptors themselves: ``commit.node.paxos_roles``, ``paxos.learned``)."""
+        return self.state == "done" and self.outcome is not None and not (self.fast and not self.recovered)
 
     def _maybe_done(self) -> list[Effect]:
         if self.unacked or self.state == "done":

@@ -102,6 +102,10 @@ class AcceptorBundles:
             return self._send(vote.txid, bundle, vote.participants, dict(bundle.values), {})
         return self._send(vote.txid, bundle, (vote.shard,), {vote.shard: vote.value}, {vote.shard: vote.reason})
 
+    def forget(self, txid: str) -> None:
+        """Every participant acknowledged txid's outcome: its bundle, sent or not, is of no more use."""
+        self._bundles.pop(txid, None)
+
     @staticmethod
     def _send(txid: str, bundle: _Bundle, durable: tuple[str, ...], values: dict[str, str],
               reasons: dict[str, str]) -> list[PersistAcceptances | Send2b | SendLearn]:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from commit.protocols import paxos_commit, three_phase, two_phase
+from commit.protocols.mutants import Mutant
 from consensus.paxos import Ballot
 
 
@@ -88,6 +89,7 @@ class CoreContext:
     resend_s: float
     acceptors: tuple[str, ...] = ()
     ballots: Iterator[Ballot] | None = None
+    mutant: Mutant = Mutant.NONE
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -122,8 +124,10 @@ def _two_phase(record_begin: bool) -> Callable[[CoreContext], Any]:
 def _paxos(fast: bool) -> Callable[[CoreContext], Any]:
     def make(ctx: CoreContext) -> paxos_commit.PaxosCommitLeader:
         assert ctx.ballots is not None, "a Paxos Commit leader needs its ballots"
+        broken = ctx.mutant is Mutant.DECIDE_ON_F_VOTES
         return paxos_commit.PaxosCommitLeader(ctx.txid, ctx.participants, ctx.acceptors, ctx.ballots,
-                                              ctx.vote_timeout_s, ctx.resend_s, fast=fast)
+                                              ctx.vote_timeout_s, ctx.resend_s, fast=fast,
+                                              votes_to_commit=len(ctx.acceptors) // 2 if broken else None)
 
     return make
 
@@ -212,6 +216,8 @@ TXID_METHODS: dict[str, Callable[[ProtocolSpec], bool]] = {
     "paxos.phase2b": _with_acceptors,
     "paxos.phase1a": _with_acceptors,
     "paxos.accept": _with_acceptors,
+    "paxos.forget": _with_acceptors,
+    "paxos.learned": _fast,
     "paxos.learn": _fast,
     "node.trace": _any,
 }

@@ -84,6 +84,7 @@ def render_config(
     sagas: dict[str, Any] | None = None,
     coordinator_members: list[str] | None = None,
     shard_members: list[str] | None = None,
+    hosts: list[str] | None = None,
 ) -> str:
     stride = 1 + (1 + shards)
     lines = ["[cluster]", f'data_dir = "{data_dir}"', f'durability = "{durability}"']
@@ -91,7 +92,8 @@ def render_config(
         lines.append(f'secret = "{secret}"')
     for i, node_id in enumerate(node_ids):
         rpc = base_port + i * stride
-        lines += ["", "[[nodes]]", f'id = "{node_id}"', 'host = "127.0.0.1"',
+        host = hosts[i] if hosts else "127.0.0.1"
+        lines += ["", "[[nodes]]", f'id = "{node_id}"', f'host = "{host}"',
                   f"rpc_port = {rpc}", f"raft_port = {rpc + 1}"]
     def members(ids: list[str] | None) -> str:
         return ", ".join(f'"{n}"' for n in (ids or node_ids))

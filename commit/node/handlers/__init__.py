@@ -3,7 +3,8 @@
     kv            kv.get, kv.put, kv.delete, session.open
     transactions  txn.commit, txn.commit_one, txn.status
     participants  shard.prepare, shard.query, shard.decide, shard.inspect, 3pc.join, 3pc.move
-    paxos         paxos.phase2a, paxos.phase2b, paxos.learn, paxos.phase1a, paxos.accept
+    paxos         paxos.phase2a, paxos.phase2b, paxos.learn, paxos.phase1a, paxos.accept, paxos.forget,
+                  paxos.learned
     operator      node.status, node.trace, node.compact, coord.epoch
     sagas         saga.start, saga.list, saga.show, saga.retry, saga.skip, saga.compensate
     testing       test.hold, test.transfer_leader, test.fault   (only with transactions.fault_hooks)
@@ -37,7 +38,8 @@ from consensus.rpc import current_caller
 
 NODE_METHODS = frozenset({
     "shard.prepare", "shard.decide", "3pc.join", "3pc.move",
-    "paxos.phase2a", "paxos.phase2b", "paxos.learn", "paxos.phase1a", "paxos.accept",
+    "paxos.phase2a", "paxos.phase2b", "paxos.learn", "paxos.phase1a", "paxos.accept", "paxos.forget",
+    "paxos.learned",
 })
 
 

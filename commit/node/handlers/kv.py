@@ -53,7 +53,8 @@ class KeyValue(Handlers):
     async def _read_unlocked(self, group: ReplicaGroup, key: bytes) -> dict[str, Any]:
         """Linearizable read that never returns a value a prepared transaction is about to change."""
         await group.read_barrier()
-        await self._wait_unlocked(group, key, lambda k: shard_state(group).writer_of(k), in_doubt_is_final=True)
+        if not shard_state(group).read_skips_lock:
+            await self._wait_unlocked(group, key, lambda k: shard_state(group).writer_of(k), in_doubt_is_final=True)
         cell = shard_state(group).read(key)
         return {"value": cell.value, "version": cell.version, "exists": cell.value is not None}
 

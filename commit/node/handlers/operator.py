@@ -36,9 +36,11 @@ class Operator(Handlers):
                 row["keys"] = machine.live_keys()
                 row["prepared"] = len(machine.prepared)
                 row["locks"] = len(machine.locks)
+                row["decided"] = len(machine.decided)  # until forgotten (docs/PROTOCOLS.md, "Forgetting")
             elif isinstance(machine, CoordinatorState):
                 row["epoch"] = machine.epoch
                 row["in_flight"] = len(machine.txns)
+                row["decided"] = len(machine.decided)
             rows.append(row)
         now = trio.current_time()
         transactions = {name: dict(m.outcomes) for name, m in node.managers.items()}

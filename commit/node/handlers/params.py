@@ -9,6 +9,7 @@ every handler module shares one.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from commit.config import ClusterConfig, shard_group
@@ -16,7 +17,7 @@ from commit.outcomes import ABORTED, PREPARED
 from commit.protocols.registry import sends
 from commit.protocols.three_phase import Round
 from commit.routing import key_bytes, shard_of
-from commit.txids import check_participants, check_txid, protocol_of
+from commit.txids import check_participants, check_txid, created_ms, protocol_of
 from consensus.errors import InvalidRequest
 from consensus.paxos import Ballot, ballot_of
 from consensus.sessions import SessionRef
@@ -93,6 +94,12 @@ class ParamChecks:
         spec = protocol_of(txid)
         if not sends(spec, method):
             raise InvalidRequest(f"{method} is not a message of {spec.name} transactions, so not of {txid}")
+        ahead_s = created_ms(txid) / 1000 - time.time()
+        if ahead_s > self.config.limits.forget_after_s:
+            # Stamped later than this node could ever forget it by: such txids would push a capped table's
+            # horizon into the future, and every honest txid under it would then read as "forgotten".
+            raise InvalidRequest(f"{txid} is stamped {ahead_s:.0f} s ahead of this node's clock: clients and "
+                                 f"nodes must agree within limits.forget_after_s ({self.config.limits.forget_after_s} s)")
         return txid
 
     def key(self, raw: Any) -> bytes:

@@ -1,14 +1,21 @@
 """A shard leader's side of atomic commit: votes, decisions, fencing, and 3PC's state moves.
 
     shard.prepare  {txid, shard, reads, writes, participants, leader, hop} -> {vote, reason?}
+                                       vote: yes, no, or forgotten (no vote: too old for this shard)
     shard.query    {txid, shard}                 -> {state}   fences unknown txids
     shard.decide   {txid, shard, outcome}        -> {state}   not_prepared: never prepared here (now fenced)
+                                                             state "forgotten": decided here long ago (an ack)
     shard.inspect  {txid, shard}                 -> {state, phase, promised}   read-only (no fencing)
     3pc.join       {txid, shard, round, leader, hop}         -> {state, promised}   3PC state request
     3pc.move       {txid, shard, round, target, leader, hop} -> {state, promised}   PreCommit / PreAbort
 
 Everything a shard decides goes through its Raft log (``ShardState``); these
-methods only check the request and trace the messages the vote implies.
+methods only check the request and trace the messages the vote implies. A txid
+older than what the shard remembers (``ShardState``, "forget") gets no vote: its
+PREPARE is answered ``forgotten``, which stops its coordinator without a decision
+(``commit.node.peers.Peers.prepare``), and no ballot-0 2a leaves, since the shard
+may have voted long ago; a 3PC termination message about it is refused, which leaves this
+participant out of the round, as a silent one would be.
 """
 
 from __future__ import annotations
@@ -17,10 +24,11 @@ from typing import Any
 
 from commit.node.handlers.base import Handler, Handlers, shard_state
 from commit.node.handlers.params import hop_of, one_of, round_of
-from commit.outcomes import ABORTED, COMMITTED, PREPARED, UNKNOWN
+from commit.outcomes import ABORTED, COMMITTED, FORGOTTEN, PREPARED, UNKNOWN
+from commit.protocols.mutants import Mutant
 from commit.protocols.three_phase import PREABORTED, PRECOMMITTED, Round
 from commit.txids import protocol_of
-from consensus.errors import InvalidRequest, NotPrepared
+from consensus.errors import InvalidRequest, NotPrepared, Unavailable
 from consensus.group import ReplicaGroup
 
 
@@ -44,7 +52,12 @@ class Participants(Handlers):
         hop = hop_of(params)
         if group.name not in participants:
             raise InvalidRequest(f"{group.name} is not among the participants {participants}")
-        vote = await self.propose(group, ("prepare", txid, reads, writes, participants))
+        if self.config.transactions.mutant == Mutant.SKIP_PREPARE_PERSIST.value:
+            vote: Any = "yes"  # the mutant: a yes vote with no Raft entry and no lock behind it
+        else:
+            vote = await self.propose(group, ("prepare", txid, reads, writes, participants))
+        if isinstance(vote, tuple) and vote[0] == FORGOTTEN:
+            return {"vote": FORGOTTEN, "reason": vote[1]}
         decided = isinstance(vote, tuple) and vote[0] == "decided"
         if decided:
             vote = "yes" if vote[1] == COMMITTED else ("no", f"{txid} is already {vote[1]} here")
@@ -91,16 +104,24 @@ class Participants(Handlers):
             return {"state": PREPARED, "phase": prepared.phase, "promised": list(prepared.promised)}
         if prepared is not None:
             return {"state": PREPARED, "phase": None, "promised": None}
-        return {"state": machine.decided.get(txid, UNKNOWN), "phase": None, "promised": None}
+        return {"state": machine.state_of(txid) or UNKNOWN, "phase": None, "promised": None}
 
     def _three_phase(self, params: dict[str, Any], method: str) -> tuple[str, ReplicaGroup, Round, str, int]:
         txid, group = self.participant(params, method)
         leader = self.sent_by(params.get("leader"), "leader")
         return txid, group, round_of(params.get("round")), leader, hop_of(params)
 
+    @staticmethod
+    def _known(txid: str, state: str) -> str:
+        if state == FORGOTTEN:
+            raise Unavailable(f"{txid} is older than anything this shard remembers: it takes no part in its "
+                              f"termination", maybe_applied=False)
+        return state
+
     async def three_phase_join(self, params: dict[str, Any]) -> dict[str, Any]:
         txid, group, round_, leader, hop = self._three_phase(params, "3pc.join")
         state, promised = await self.propose(group, ("3pc_join", txid, round_))
+        state = self._known(txid, state)
         self.node.tracer.sent(txid, "state", leader, hop + 1)
         return {"state": state, "promised": list(promised)}
 
@@ -108,6 +129,7 @@ class Participants(Handlers):
         txid, group, round_, leader, hop = self._three_phase(params, "3pc.move")
         target = one_of(params.get("target"), (PRECOMMITTED, PREABORTED), "target")
         state, promised = await self.propose(group, ("3pc_move", txid, round_, target))
+        state = self._known(txid, state)
         if state == target:
             self.node.tracer.forced(txid, f"shard {target}")
         self.node.tracer.sent(txid, "ack", leader, hop + 1)

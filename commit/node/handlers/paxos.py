@@ -5,13 +5,19 @@
     paxos.learn    {txid, shard, acceptor, ballot, values, participants, hop} -> {outcome}   fast participant
     paxos.phase1a  {txid, ballot, participants, instances} -> {promised, accepted, promise}   acceptor
     paxos.accept   {txid, ballot, values}                  -> {accepted}                     acceptor
+    paxos.forget   {leader, finished: [[txid, participants]...]} -> {}   acceptor, from the leader
+    paxos.learned  {learned: [[txid, shard, participants]...]} -> {}      acceptor, from a fast participant
 
 Ballot 0 belongs to the participants (they are its only proposers), so
 ``paxos.accept`` refuses it, and ``paxos.phase2b`` and ``paxos.learn`` (an
 acceptor's bundle of ballot-0 votes) take nothing else. ``paxos.phase1a`` and
 ``paxos.accept`` take only a ballot a leader can have made by now
 (``consensus.paxos.unissued``): one of a later term would outrank every real
-leader's, and the instance would never be recovered. Every message takes only
+leader's, and the instance would never be recovered. A phase 1a about instances
+the acceptor forgot is answered ``forgotten`` (``consensus.acceptor``). ``paxos.forget``
+comes only from a coordinator-group node, and names transactions whose every
+participant acknowledged the outcome (the leader's word); ``paxos.learned`` only
+from a replica of each shard it names, which applied the outcome it learned. Every message takes only
 txids of a protocol with acceptors (``commit.protocols.registry.TXID_METHODS``).
 """
 
@@ -43,6 +49,8 @@ class PaxosMessages(Handlers):
             "paxos.learn": self.learn,
             "paxos.phase1a": self.phase1a,
             "paxos.accept": self.accept,
+            "paxos.forget": self.forget,
+            "paxos.learned": self.learned,
         }
 
     def _acceptor_here(self) -> None:
@@ -131,3 +139,39 @@ class PaxosMessages(Handlers):
         txid = self.check.txid(params, "paxos.accept")
         their_ballot = self._recovery_ballot(params.get("ballot"))
         return await self.node.paxos.on_accept(txid, their_ballot, self.check.votes(params.get("values"), "values"))
+
+    async def forget(self, params: dict[str, Any]) -> dict[str, Any]:
+        self._acceptor_here()
+        self.sent_by(self._acceptor_id(params.get("leader")), "leader")
+        finished = [(txid, self.check.participants_of(txid, participants))
+                    for txid, (participants,) in self._batch(params, "finished", "paxos.forget", "participants")]
+        await self.node.paxos.on_forget(finished)
+        return {}
+
+    async def learned(self, params: dict[str, Any]) -> dict[str, Any]:
+        self._acceptor_here()
+        learned = []
+        for txid, (raw_shard, raw_participants) in self._batch(params, "learned", "paxos.learned",
+                                                               "shard", "participants"):
+            shard = self.check.shard_name(raw_shard)
+            participants = self.check.participants_of(txid, raw_participants)
+            if shard not in participants:
+                raise InvalidRequest(f"{shard} is not among the participants of {txid}")
+            self.sent_by_shard_replica(shard, "an acknowledgement")
+            learned.append((txid, shard, participants))
+        await self.node.paxos.on_learned(learned)
+        return {}
+
+    def _batch(self, params: dict[str, Any], key: str, method: str, *fields: str) -> list[tuple[str, list[Any]]]:
+        """``params[key]``: at most ``limits.max_forget_batch`` entries ``[txid, *fields]``, each txid of a
+        protocol that sends ``method``; ``(txid, the fields)`` of each."""
+        raw, limit = params.get(key), self.node.config.limits.max_forget_batch
+        shape = f"[txid, {', '.join(fields)}]"
+        if not isinstance(raw, list) or len(raw) > limit:
+            raise InvalidRequest(f"{key} must be a list of at most {limit} {shape} entries")
+        entries = []
+        for entry in raw:
+            if not isinstance(entry, list) or len(entry) != 1 + len(fields):
+                raise InvalidRequest(f"{key} must hold {shape} entries")
+            entries.append((self.check.txid({"txid": entry[0]}, method), entry[1:]))
+        return entries

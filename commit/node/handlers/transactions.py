@@ -4,6 +4,10 @@
     txn.commit_one  {txid, shard, reads, writes}  -> {outcome}   leader of the one shard
     txn.status      {txid, participants?}         -> {outcome}   coordinator (fences unknown txids)
 
+A txid older than what its coordinator remembers is never run again: ``txn.commit``
+answers ``commit_unknown`` with ``outcome: "forgotten"``, and ``txn.status`` answers
+``forgotten`` unless a participant still knows the outcome.
+
 ``participants`` maps a shard name to ``{reads: [[key, version]...], writes:
 [[key, value or nil]...]}`` in ``txn.commit`` and is the list of shard names in
 ``txn.status``. The txid binds its participants (``commit.txids``): a wrong list
@@ -17,7 +21,7 @@ from typing import Any
 
 from commit.errors import CommitUnknown, Conflict
 from commit.node.handlers.base import Handler, Handlers
-from commit.outcomes import ABORTED, COMMITTED, UNKNOWN
+from commit.outcomes import ABORTED, COMMITTED, FORGOTTEN, UNKNOWN
 from commit.txids import are_participants_of, authority_of, check_payloads
 from consensus.errors import InvalidRequest
 
@@ -44,6 +48,8 @@ class Transactions(Handlers):
             return {"outcome": COMMITTED}
         if outcome == ABORTED:
             raise Conflict(f"{txid} aborted: {reason}", txid=txid)
+        if outcome == FORGOTTEN:
+            raise CommitUnknown(f"{txid}: {reason}", txid=txid, outcome=FORGOTTEN)
         raise CommitUnknown(f"{txid}: {reason}", txid=txid)
 
     async def commit_one(self, params: dict[str, Any]) -> dict[str, Any]:

@@ -30,9 +30,7 @@ Concurrency control is optimistic, validated at prepare (DESIGN.md section 6):
     which the participant's handler turns into ``not_prepared``.
     A COMMIT reaches a shard that never prepared its txid only if the decision
     is not a real one (every participant voted YES before any commit was
-    decided) or the shard forgot it after committing it (the decided table
-    keeps ``limits.max_remembered_transactions``); in both cases nothing is
-    left to apply, and the sender may stop re-sending.
+    decided); nothing is left to apply, and the sender may stop re-sending.
 ``refuse(txid)``  the question a recovering coordinator or a status query
     asks: "what is your state for txid?". A shard that never prepared txid
     records it as aborted before answering, so a PREPARE that arrives later
@@ -51,6 +49,21 @@ Concurrency control is optimistic, validated at prepare (DESIGN.md section 6):
     change nothing then (so a retry of the same session command runs again:
     ``consensus.sessions``).
 
+``forget(horizon)``  the shard leader's periodic command (``commit.node.forgetting``):
+    forget every decided transaction whose txid was made before ``horizon``
+    (milliseconds, the leader's clock minus ``limits.forget_after_s``; the
+    horizon only rises, and ``limits.max_remembered_transactions`` raises it
+    too when the table is full). Prepared transactions are never forgotten.
+    Every command about a txid made before the horizon that the shard does not
+    hold is answered ``forgotten`` and changes nothing: the shard may have
+    committed it, so it must neither fence it (presumed abort would turn a
+    forgotten commit into an abort) nor prepare it (a very late duplicate
+    PREPARE must not lock anything, vote again, or be aborted while its commit
+    was applied). This is presumed abort's rule with a log truncated below a
+    low-water mark (Mohan, Lindsay & Obermarck 1986; Gray & Reuter,
+    "Transaction Processing", 9.6): below the mark, "no record" no longer
+    means "never heard of it" (``consensus.horizon``).
+
 A participant never decides a prepared transaction on its own: only
 ``commit`` or ``abort`` from the outcome of the coordinator ends it; the
 one exception is 3PC's ``3pc_timeout_abort``, which only a ``waiting``
@@ -63,11 +76,12 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from commit.config import Limits
-from commit.errors import Conflict
-from commit.outcomes import ABORTED, COMMITTED, PREPARED, UNKNOWN
+from commit.errors import CommitUnknown, Conflict
+from commit.outcomes import ABORTED, COMMITTED, FORGOTTEN, PREPARED, UNKNOWN
 from commit.protocols.three_phase import COORDINATOR_ROUND, PREABORTED, PRECOMMITTED, WAITING, Round
-from consensus.bounded import BoundedTable
+from commit.txids import created_ms
 from consensus.errors import InternalError, InvalidRequest
+from consensus.horizon import HorizonTable
 
 
 Reads = tuple[tuple[bytes, int], ...]
@@ -104,12 +118,13 @@ class Prepared:
 
 
 class ShardState:
-    def __init__(self, max_decided: int = Limits.max_remembered_transactions) -> None:
+    def __init__(self, max_decided: int = Limits.max_remembered_transactions, *, read_skips_lock: bool = False) -> None:
+        self.read_skips_lock = read_skips_lock  # the read-skips-lock mutant only (commit.protocols.mutants)
         self.cells: dict[bytes, Cell] = {}
         self.write_counter = 0
         self.locks: dict[bytes, Lock] = {}
         self.prepared: dict[str, Prepared] = {}
-        self.decided: BoundedTable[str, str] = BoundedTable(max_decided)
+        self.decided: HorizonTable[str, str] = HorizonTable(max_decided)
         self.outcomes = {COMMITTED: 0, ABORTED: 0}
 
     # -- reads (local, after a read barrier) ---------------------------------------
@@ -131,9 +146,13 @@ class ShardState:
         return sum(1 for cell in self.cells.values() if cell.value is not None)
 
     def state_of(self, txid: str) -> str | None:
+        """prepared, committed, aborted, ``forgotten`` (decided here long ago, maybe), or None: never seen."""
         if txid in self.prepared:
             return PREPARED
-        return self.decided.get(txid)
+        decided = self.decided.get(txid)
+        if decided is None and self.decided.forgotten(created_ms(txid)):
+            return FORGOTTEN
+        return decided
 
     # -- commands ------------------------------------------------------------------
 
@@ -149,6 +168,8 @@ class ShardState:
                 return self._prepare(txid, reads, writes, ())
             case ("prepare", str() as txid, tuple() as reads, tuple() as writes, tuple() as participants):
                 return self._prepare(txid, reads, writes, participants)
+            case ("forget", int() as horizon):
+                return self.decided.forget_before(horizon)
             case ("commit", str() as txid):
                 return self._commit(txid)
             case ("abort", str() as txid):
@@ -192,7 +213,7 @@ class ShardState:
             if current != version:
                 return f"read of {key!r:.60} at version {version} is stale (now {current})"
             lock = self.locks.get(key)
-            if lock is not None and lock.exclusive not in (None, txid):
+            if lock is not None and lock.exclusive not in (None, txid) and not self.read_skips_lock:
                 return f"{key!r:.60} is being written by {lock.exclusive}"
         for key, _ in writes:
             lock = self.locks.get(key)
@@ -210,6 +231,9 @@ class ShardState:
                 # writes: its vote stands for what it locked, and it cannot vote twice.
                 raise InvalidRequest(f"{txid} is prepared here with other reads and writes")
             return "yes"
+        if state == FORGOTTEN:
+            # Older than what this shard remembers: it may have voted and committed it. Refused, not a vote.
+            return (FORGOTTEN, f"{txid} is older than anything this shard remembers: too old, forgotten")
         if state is not None:
             # A late or duplicated PREPARE of a decided transaction: not a new vote. (A Paxos Commit
             # participant must never propose a second value at its ballot 0.)
@@ -239,15 +263,15 @@ class ShardState:
                 del self.locks[key]
 
     def _decide(self, txid: str, outcome: str) -> None:
-        self.decided.remember(txid, outcome)
+        self.decided.remember(txid, created_ms(txid), outcome)
         self.outcomes[outcome] += 1
 
     def _commit(self, txid: str) -> Any:
         prepared = self.prepared.pop(txid, None)
         if prepared is None:
-            state = self.decided.get(txid)
-            if state == COMMITTED:
-                return COMMITTED
+            state = self.state_of(txid)
+            if state in (COMMITTED, FORGOTTEN):
+                return state
             if state is None:
                 self._decide(txid, ABORTED)  # never prepared here: fenced, so that it never will be
                 return UNKNOWN
@@ -260,6 +284,8 @@ class ShardState:
         return COMMITTED
 
     def _abort(self, txid: str) -> Any:
+        if self.state_of(txid) == FORGOTTEN:
+            return FORGOTTEN
         prepared = self.prepared.pop(txid, None)
         if prepared is not None:
             self._release(txid, prepared)
@@ -273,7 +299,7 @@ class ShardState:
         prepared = self.prepared.get(txid)
         if prepared is not None:
             return prepared.phase, prepared.promised
-        state = self.decided.get(txid)
+        state = self.state_of(txid)
         if state is None:  # never prepared here: fenced, exactly like a NO vote
             self._decide(txid, ABORTED)
             state = ABORTED
@@ -295,6 +321,8 @@ class ShardState:
         state = self.state_of(txid)
         if state == COMMITTED:
             return COMMITTED
+        if state == FORGOTTEN:  # it may have committed here, long ago: neither "committed" nor a conflict
+            raise CommitUnknown(f"{txid} is older than anything this shard remembers: forgotten", txid=txid)
         if state is not None:
             raise Conflict(f"{txid} is already {state} here", txid=txid)
         reason = self._conflict(txid, reads, writes)
