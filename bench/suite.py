@@ -105,7 +105,7 @@ QUICK = Settings(seconds=0.8, warmup_s=0.2, rounds=1, clients=4, procs=2, sweep=
 FULL = Settings(seconds=5.0, warmup_s=1.0, rounds=3, clients=16, procs=2, sweep=(1, 4, 16, 64, 256),
                 shards=(1, 2, 3, 4, 5), crash_seconds=16.0, outage_s=3.0, crashes=True, rows=1000,
                 open_loads=(0.5, 0.9))
-TINY = Settings(seconds=0.3, warmup_s=0.0, rounds=1, clients=2, procs=1, sweep=(2,), shards=(1, 2),
+TINY = Settings(seconds=0.3, warmup_s=0.0, rounds=1, clients=2, procs=1, sweep=(2,), shards=(2,),
                 crash_seconds=0.0, outage_s=0.0, crashes=False, rows=20, open_loads=(0.5,))
 
 

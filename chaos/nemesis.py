@@ -3,8 +3,9 @@
 A schedule is data (``Fault`` rows that ``plan`` draws from a seed), so the same seed replays the same
 faults in the same order. ``run_nemesis`` carries it out against a ``LocalCluster`` and a
 ``Firewall``: kill -9 then restart, SIGSTOP then SIGCONT, a partition of every byte between chosen
-nodes (``chaos.network``), or every decision message lost (``drop-decisions``, the nodes' own test-only
-message filter, ``commit.node.faults``), one fault at a time with a quiet gap between them, as Jepsen's combined
+nodes (``chaos.network``), or, through the nodes' own test-only message filter (``commit.node.faults``),
+every decision message lost (``drop-decisions``) or every message between the coordinator group's leader and
+a shard's leader (``cut-rpc``: lost before it is sent, so nothing in flight arrives late after the heal), one fault at a time with a quiet gap between them, as Jepsen's combined
 nemesis packages do (``jepsen.nemesis.combined``). Targets named by role ("the coordinator group's
 leader") are resolved when the fault strikes. Whatever happens, everything is healed on the way out:
 paused nodes continued, killed ones restarted, cuts removed.
@@ -21,11 +22,12 @@ import trio
 
 from chaos.network import Firewall
 from commit.config import COORDINATOR_GROUP
-from commit.tooling.fault_requests import send_fault_requests
+from commit.tooling.fault_requests import link_requests, send_fault_requests
 from commit.tooling.localcluster import LocalCluster
 
-KINDS = ("kill", "pause", "partition", "drop-decisions")
-DEFAULT_KINDS = KINDS[:3]  # drop-decisions needs transactions.fault_hooks (a run turns it on when asked)
+KINDS = ("kill", "pause", "partition", "drop-decisions", "cut-rpc")
+DEFAULT_KINDS = KINDS[:3]  # the others need transactions.fault_hooks (a run turns it on when asked)
+HOOKED_KINDS = KINDS[3:]
 DROPPED = "shard.decide"  # what drop-decisions loses: every decision message, on every node, while it lasts
 PARTITIONS = ("isolate-one", "isolate-leader", "majority-minority", "ring", "coordinator-shard")
 LEADER_LOOKUP_S = 2.0  # how long to ask who leads before striking a random node instead
@@ -65,7 +67,7 @@ def plan(rng: random.Random, kinds: tuple[str, ...], *, gap_s: tuple[float, floa
     while kinds:
         kind = rng.choice(kinds)
         target = rng.choice(partitions) if kind == "partition" else "all" if kind == "drop-decisions" \
-            else rng.choice(("random", "leader"))
+            else "coordinator-shard" if kind == "cut-rpc" else rng.choice(("random", "leader"))
         yield Fault(round(rng.uniform(*gap_s), 2), kind, round(rng.uniform(*duration_s), 2), target)
 
 
@@ -156,6 +158,10 @@ class Nemesis:
         elif fault.kind == "drop-decisions":
             event = NemesisEvent(fault.kind, DROPPED, nodes, self.clock())
             await send_fault_requests(self.cluster.config, [(n, {"op": "drop", "method": DROPPED}) for n in nodes])
+        elif fault.kind == "cut-rpc":
+            [(a, b)] = await _coordinator_and_shard(self.cluster, self.rng)
+            event = NemesisEvent(fault.kind, fault.target, [a, b], self.clock(), cut=[[a, b]])
+            await send_fault_requests(self.cluster.config, link_requests("cut", a, b, nodes))
         else:
             among = [n for n in nodes if n not in self.spared]
             victim = await _leader(self.cluster, self.rng, among) if fault.target == "leader" else self.rng.choice(among)
@@ -171,6 +177,9 @@ class Nemesis:
             await trio.to_thread.run_sync(self.firewall.heal)
         if event.kind == "drop-decisions":
             await send_fault_requests(self.cluster.config, [(n, {"op": "undrop"}) for n in event.nodes])
+        if event.kind == "cut-rpc":
+            a, b = event.nodes
+            await send_fault_requests(self.cluster.config, link_requests("heal", a, b, self.cluster.node_ids))
         for node in event.nodes:
             if event.kind == "kill" and not self.cluster.alive(node):
                 self.cluster.start(node)

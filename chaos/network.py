@@ -84,6 +84,7 @@ def open_firewall(chain: str) -> Iterator[Firewall]:
     """A chain of this run's own, jumped to from OUTPUT, deleted at the end (healing every cut first)."""
     if len(chain) > 28 or not chain.replace("-", "").isalnum():
         raise ValueError(f"iptables chain name {chain!r}: letters, digits and '-', at most 28 characters")
+    _forget_leftover(chain)
     _iptables("-N", chain)
     try:
         _iptables("-I", "OUTPUT", "-j", chain)
@@ -94,3 +95,18 @@ def open_firewall(chain: str) -> Iterator[Firewall]:
     finally:
         _iptables("-F", chain)
         _iptables("-X", chain)
+
+
+def _forget_leftover(chain: str) -> None:
+    """Remove a chain of this name that a run killed before its cleanup left behind (with its jumps)."""
+    try:
+        _iptables("-S", chain)
+    except FirewallUnavailable:
+        return  # no such chain: the usual case
+    while True:
+        try:
+            _iptables("-D", "OUTPUT", "-j", chain)
+        except FirewallUnavailable:
+            break
+    _iptables("-F", chain)
+    _iptables("-X", chain)

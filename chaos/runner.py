@@ -27,7 +27,7 @@ from chaos.checkers.bank import check_bank
 from chaos.checkers.list_append import check_list_append
 from chaos.checkers.sets import check_set
 from chaos.history import History
-from chaos.nemesis import PARTITIONS, Nemesis, plan
+from chaos.nemesis import HOOKED_KINDS, PARTITIONS, Nemesis, plan
 from chaos.network import NODE_HOSTS, Firewall, firewall_missing, open_firewall
 from chaos.workloads import LIST_KEYS, Workload, record, run_clients
 from commit.protocols.registry import PROTOCOLS, Coordinator
@@ -160,7 +160,7 @@ def run_chaos(spec: RunSpec, directory: Path | None = None,
     node_ids = [f"n{i + 1}" for i in range(spec.nodes)]
     hosts = dict(zip(node_ids, NODE_HOSTS))
     transactions: dict[str, Any] = {"default_protocol": spec.protocol}
-    if spec.mutant or "drop-decisions" in nemeses:
+    if spec.mutant or set(nemeses) & set(HOOKED_KINDS):
         transactions["fault_hooks"] = True
     if spec.mutant:
         transactions["mutant"] = spec.mutant

@@ -87,7 +87,7 @@ async def test_no_single_key_write_fails_under_a_transfer_load(shared_cluster: L
                     failures.append(exc)
                 await trio.sleep(client_rng.uniform(0, 0.1))  # locks come and go between the writes
 
-        with trio.move_on_after(12):
+        with trio.move_on_after(8):
             async with trio.open_nursery() as nursery:
                 for _ in range(8):
                     nursery.start_soon(transfers, random.Random(rng.random()))
