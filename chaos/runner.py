@@ -14,6 +14,7 @@ import random
 import tempfile
 import time
 from collections import Counter
+from contextlib import nullcontext
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -173,13 +174,9 @@ def run_chaos(spec: RunSpec, directory: Path | None = None,
         spared = frozenset({cluster.config.transactions.twopc_coordinator or node_ids[0]}) if blocks else frozenset()
         cluster.start_all()
         try:
-            if "partition" in nemeses:
-                with open_firewall(f"chaos-{spec.seed % 10 ** 9}") as firewall:
-                    history, workload, events = trio.run(_run, cluster, spec, nemeses, rng, hosts, spared, firewall,
-                                                         progress)
-            else:
-                history, workload, events = trio.run(_run, cluster, spec, nemeses, rng, hosts, spared, None,
-                                                     progress)
+            firewall = open_firewall(f"chaos-{spec.seed % 10 ** 9}") if "partition" in nemeses else nullcontext()
+            with firewall as cuts:
+                history, workload, events = trio.run(_run, cluster, spec, nemeses, rng, hosts, spared, cuts, progress)
         finally:
             cluster.stop()
     history.write_jsonl(out / "history.jsonl")
