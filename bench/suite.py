@@ -13,7 +13,8 @@ Parts, each a list of rows in ``results.json``:
 
 * ``protocols``: per protocol and workload (bank transfers with half of them cross-shard, 2-shard writes,
   TPC-C-like New-Order) throughput, p50/p95/p99/max, abort and retry rates, and the CPU seconds each node
-  spent per committed transaction (``/proc/<pid>/stat``);
+  spent per committed transaction, the share of it in the kernel and the context switches per committed
+  transaction (``bench.processes``);
 * ``ycsb``: YCSB A, B and F with scrambled zipfian keys (single-key operations: no commit protocol);
 * ``shards``: write transactions over k = 1..5 shards per protocol (latency against shards per transaction);
 * ``costs``: one probe transaction per protocol over 2 and 3 shards: messages, forced writes, message delays
@@ -37,7 +38,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +49,7 @@ from hdrh.histogram import HdrHistogram
 
 import commit
 from bench.harness import histogram, run_phase
+from bench.processes import node_counters
 from bench.report import RESULTS, open_cluster, progress, write_report
 from bench.seconds import per_second_lines
 from commit.config import COORDINATOR_GROUP
@@ -109,32 +110,23 @@ TINY = Settings(seconds=0.3, warmup_s=0.0, rounds=1, clients=2, procs=1, sweep=(
                 crash_seconds=0.0, outage_s=0.0, crashes=False, rows=20, open_loads=(0.5,))
 
 
-def cpu_seconds(cluster: LocalCluster) -> dict[str, float]:
-    """Each node process's user + system CPU so far (``/proc/<pid>/stat`` fields 14 and 15)."""
-    tick = os.sysconf("SC_CLK_TCK")
-    found = {}
-    for node_id, proc in cluster.procs.items():
-        try:
-            fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        found[node_id] = (int(fields[11]) + int(fields[12])) / tick
-    return found
-
-
 def measured(cluster: LocalCluster, workload: str, params: dict[str, Any], clients: int, s: Settings,
              label: str) -> dict[str, Any]:
     """One phase, its per-second lines shown as it ends, and the CPU each node spent per committed op."""
     if workload in SIZED:
         params = {SIZED[workload]: s.rows, **params}
-    before = cpu_seconds(cluster)
+    before = node_counters(cluster)
     result = run_phase(cluster.config, workload, params, clients, s.procs, s.seconds, warmup_s=s.warmup_s)
-    after = cpu_seconds(cluster)
+    spent = {n: c - before[n] for n, c in node_counters(cluster).items() if n in before}
     progress(f"-- {label}")
     for line in per_second_lines(result["seconds"]):
         progress(line)
     committed = max(1, result["committed"])
-    result["cpu_ms_per_txn"] = {n: round(1000 * (after[n] - before[n]) / committed, 3) for n in after if n in before}
+    result["cpu_ms_per_txn"] = {n: round(1000 * c.cpu_s / committed, 3) for n, c in spent.items()}
+    cpu = sum(c.cpu_s for c in spent.values())
+    result["system_share"] = round(sum(c.system_s for c in spent.values()) / cpu, 3) if cpu else 0.0
+    result["switches_per_txn"] = round(sum(c.switches for c in spent.values()) / committed, 1)
+    result["node_threads"] = max((c.threads for c in spent.values()), default=0)
     return result
 
 
@@ -158,6 +150,7 @@ def merged(rows: list[dict[str, Any]]) -> dict[str, Any]:
         **{f"p{q}_ms": hist.get_value_at_percentile(q) / 1000 for q in (50, 95, 99)},
         "max_ms": hist.get_max_value() / 1000,
         "cpu_ms_per_txn": {n: round(v, 3) for n, v in cpu.items()},
+        **{k: round(sum(r[k] for r in rows) / len(rows), 3) for k in ("system_share", "switches_per_txn")},
         "cdf": [[q, hist.get_value_at_percentile(q) / 1000] for q in (1, 10, 25, 50, 75, 90, 95, 99, 99.9, 100)],
         "hist": hist.encode(),
     }
@@ -533,6 +526,9 @@ def main(argv: list[str] | None = None) -> int:
             partial.write_text(json.dumps(
                 {k: _without_histograms(v) if k in HISTOGRAMMED else v for k, v in report.items()}, indent=2))
 
+        # First, while no transaction is older than limits.forget_after_s: a forgetting round's entry would
+        # count in the probes' sums of commit indexes.
+        keep("costs", lambda: trio.run(costs_phase, cluster))
         if "protocols" in kept and "ycsb" in kept:
             keep("protocols", list)
             keep("ycsb", list)
@@ -542,7 +538,6 @@ def main(argv: list[str] | None = None) -> int:
             keep("ycsb", lambda: ycsb)
         keep("shards", lambda: shards_phase(cluster, s))
         keep("open_loop", lambda: open_loop_phase(cluster, s, report["protocols"]))
-        keep("costs", lambda: trio.run(costs_phase, cluster))
         keep("sweep", lambda: sweep_phase(cluster, s))
         keep("crashes", lambda: crash_phase(cluster, s) if s.crashes else [])
         if args.peer:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import random
+import signal
 import tempfile
 import time
 from collections import Counter
@@ -202,6 +203,7 @@ async def _run(cluster: LocalCluster, spec: RunSpec, nemeses: tuple[str, ...], r
     async with commit.connect(cluster.config) as db:
         await workload.setup(db, spec.accounts, spec.keys)
         async with trio.open_nursery() as nursery:
+            nursery.start_soon(_until_terminated)
             nursery.start_soon(nemesis.run, plan(random.Random(rng.random()), nemeses, gap_s=spec.gap_s,
                                                     duration_s=spec.fault_s, partitions=spec.partitions))
             await run_clients(db, workload, history, clients=spec.clients, seconds=spec.seconds,
@@ -212,6 +214,18 @@ async def _run(cluster: LocalCluster, spec: RunSpec, nemeses: tuple[str, ...], r
         progress(f"healed; {len(history.ops) // 2} operations; final reads ...")
         await _final_reads(db, workload, history)
     return history, workload, [e.to_json() for e in nemesis.events]
+
+
+class Terminated(Exception):
+    """The run got SIGTERM or SIGHUP: it stops, and its cluster and firewall are taken down on the way out."""
+
+
+async def _until_terminated() -> None:
+    """A run stopped by ``kill`` (SIGTERM, or a closed terminal) still heals its cuts and stops its nodes;
+    without this the process would die at once, with the nodes running and the firewall chain in place."""
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGHUP) as signals:
+        async for signum in signals:
+            raise Terminated(f"stopped by {signal.Signals(signum).name}")
 
 
 async def _final_reads(db: commit.Database, workload: Workload, history: History) -> None:

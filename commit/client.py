@@ -111,8 +111,19 @@ class Database:
 
     async def get(self, key: Key) -> Versioned:
         """Linearizable read: sees every write acknowledged before it began."""
+        return await self._get(key, fence=True)
+
+    async def read_for_commit(self, key: Key) -> Versioned:
+        """A read whose version a commit will validate (a transaction's): no read barrier, so it may be stale.
+
+        Only for reads that go into a commit's read set: the commit's validation then aborts a stale one
+        (commit.node.handlers.kv explains why that is safe).
+        """
+        return await self._get(key, fence=False)
+
+    async def _get(self, key: Key, fence: bool) -> Versioned:
         group, raw = self._group_of(key)
-        reply = await self._request(group, "kv.get", {"key": raw}, write=False)
+        reply = await self._request(group, "kv.get", {"key": raw, "fence": fence}, write=False)
         return Versioned(unpack_value(reply["value"]), reply["version"], reply["exists"])
 
     def checked_value(self, value: Any) -> bytes:

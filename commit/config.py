@@ -23,7 +23,15 @@ from commit.protocols.registry import NAMES as PROTOCOLS
 from consensus.auth import Credentials
 from consensus.rpc import RpcSettings
 from consensus.sessions import MAX_RESULTS_PER_SESSION
-from consensus.settings import HANDSHAKE_FRAME_BYTES, Compaction, Durability, GroupSpec, RaftSettings, RaftTransportLimits
+from consensus.settings import (
+    HANDSHAKE_FRAME_BYTES,
+    POLLERS,
+    Compaction,
+    Durability,
+    GroupSpec,
+    RaftSettings,
+    RaftTransportLimits,
+)
 
 COORDINATOR_GROUP = "coord"
 
@@ -209,6 +217,7 @@ class ClusterConfig:
                         handshake_s=self.timeouts.handshake_s,
                     ),
                     max_results_per_session=self.limits.max_results_per_session,
+                    max_batch_bytes=self.limits.max_frame_bytes,
                 )
             )
         return specs
@@ -317,6 +326,13 @@ def _dataclass_from(table: _Table, cls: Any) -> Any:
     return cls(**values)
 
 
+def _raft(table: _Table) -> RaftSettings:
+    raft: RaftSettings = _dataclass_from(table, RaftSettings)
+    if raft.poller not in POLLERS:
+        raise table.fail("poller", f"must be one of {', '.join(map(repr, POLLERS))}, got {raft.poller!r}")
+    return raft
+
+
 def _members(table: _Table, key: str, node_ids: list[str]) -> tuple[str, ...]:
     members = table.take(key, list, node_ids)
     if not members or not all(isinstance(m, str) for m in members):
@@ -417,7 +433,7 @@ def parse_config(text: str, path: Path) -> ClusterConfig:
         shard_members=shard_members,
         limits=_dataclass_from(top.table("limits"), Limits),
         timeouts=_dataclass_from(top.table("timeouts"), Timeouts),
-        raft=_dataclass_from(top.table("raft"), RaftSettings),
+        raft=_raft(top.table("raft")),
         transactions=_transactions(top.table("transactions"), node_ids),
         sagas=_dataclass_from(top.table("sagas"), Sagas),
     )

@@ -84,7 +84,7 @@ class Transaction:
             packed = self._writes[raw]
             return Versioned(unpack_value(packed), -1, packed is not None)
         if raw not in self._reads:
-            self._reads[raw] = await self.db.get(raw)
+            self._reads[raw] = await self.db.read_for_commit(raw)
         return self._reads[raw]
 
     def put(self, key: Key, value: Any) -> None:

@@ -1,8 +1,9 @@
 """One replica of one Raft group, on PySyncObj, awaited from trio.
 
-PySyncObj is not sans-IO: it runs its own tick thread, owns its sockets and
-journal, and calls back on that thread. This module is the only place that
-touches it. What the rest of the node sees:
+PySyncObj is not sans-IO: it runs on a tick thread (the node's one ticker,
+``consensus.ticker``, or its own), owns its sockets and journal, and calls back
+on that thread. This module and the ticker are the only places that touch it.
+What the rest of the node sees:
 
 * ``await group.propose(command, session)``: the command is applied on every
   replica by ``StateMachine.apply`` and the result comes back. A proposal can
@@ -11,7 +12,19 @@ touches it. What the rest of the node sees:
   applied at most once (``consensus.sessions``).
 * ``await group.read_barrier()``: returns once this replica has applied every
   command committed before the call began, so a read of local state that
-  follows is linearizable. Concurrent readers share one barrier entry.
+  follows is linearizable.
+
+Group commit: a group has at most one proposal in flight. Commands and
+barriers that arrive meanwhile join the batch forming behind it (at most
+``raft.max_batch_commands`` commands, and ``max_batch_bytes``), and the whole
+batch goes to Raft as one entry when the one in flight is answered; its apply
+runs each command in order, each under its own session. A command alone
+never waits, and under load one entry, one journal append (one disk sync in
+``fsync`` mode, on every replica) and one round of AppendEntries serve many
+commands. A barrier is a batch's entry too, so readers ride on the writes
+(an empty batch when no command came). The cost: a batch's commands share
+its fate, so when Raft refuses the entry (a leader change) every one of them
+gets the same error, each with the same ``maybe_applied``.
 * ``group.status()``: role, leader, term, commit and applied index.
 
 Callers bound every await with a cancel scope (trio style); a cancelled
@@ -27,8 +40,10 @@ include them and the tick thread never sees a half-built object.
 from __future__ import annotations
 
 import logging
+import pickle
+from collections import deque
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Any, Protocol
 
 import trio
@@ -46,6 +61,7 @@ from consensus.errors import (
 from consensus.raft_transport import LimitedTransportConf, LimitedTransportSyncObj
 from consensus.sessions import SessionRef, SessionTable
 from consensus.settings import GroupSpec
+from consensus.ticker import OwnTickThread, Ticker, open_ticker
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +83,14 @@ class _ReplicatedState(SyncObjConsumer):
         self.sessions = SessionTable(max_sessions, max_results_per_session)
 
     @replicated
-    def execute(self, session: tuple[int, int, int] | None, command: Any) -> tuple[str, Any]:
+    def execute_batch(self, items: list[tuple[tuple[int, int, int] | None, Any]]) -> list[tuple[str, Any]]:
+        """Apply a batch's commands in order, each under its own session: one Raft entry, many results.
+
+        An empty batch is a read barrier that no command joined.
+        """
+        return [self._execute(session, command) for session, command in items]
+
+    def _execute(self, session: tuple[int, int, int] | None, command: Any) -> tuple[str, Any]:
         try:
             if session is None:
                 return self._apply(command)
@@ -86,10 +109,6 @@ class _ReplicatedState(SyncObjConsumer):
     def open_session(self) -> int:
         return self.sessions.open()
 
-    @replicated
-    def barrier(self) -> None:
-        return None
-
 
 def _fail_reason_error(reason: int, group: str) -> ClusterError:
     if reason == FAIL_REASON.NOT_LEADER:
@@ -106,11 +125,22 @@ def _fail_reason_error(reason: int, group: str) -> ClusterError:
 
 
 class _Batch:
-    __slots__ = ("done", "error")
+    """Commands that go to Raft as one entry (``_ReplicatedState.execute_batch``), and who waits for it."""
+
+    __slots__ = ("items", "size", "done", "results", "error", "launched_at")
 
     def __init__(self) -> None:
+        self.items: list[tuple[tuple[int, int, int] | None, Any]] = []
+        self.size = 0  # the items' pickled bytes
         self.done = trio.Event()
+        self.results: list[tuple[str, Any]] = []
         self.error: ClusterError | None = None
+        self.launched_at = 0.0
+
+    def settle(self, results: list[tuple[str, Any]] | None, error: ClusterError | None) -> None:
+        self.results = results or []
+        self.error = error
+        self.done.set()
 
 
 _ROLES = {0: "follower", 1: "candidate", 2: "leader"}
@@ -121,8 +151,12 @@ class _Replica(DurableSyncObj, LimitedTransportSyncObj):
 
 
 class ReplicaGroup:
-    def __init__(self, spec: GroupSpec, machine: StateMachine, token: trio.lowlevel.TrioToken) -> None:
+    def __init__(self, spec: GroupSpec, machine: StateMachine, token: trio.lowlevel.TrioToken,
+                 ticker: Ticker | None = None) -> None:
+        """``ticker``: the node's one tick thread (``open_replica_groups``, ``consensus.ticker``); without
+        one, the replica runs on PySyncObj's own tick thread."""
         self.spec = spec
+        self._ticking: Ticker | OwnTickThread = ticker if ticker is not None else OwnTickThread(spec.raft.poller)
         self._token = token
         self._addr_to_id = {addr: node for node, addr in spec.members.items()}
         self._state = _ReplicatedState(machine, spec.raft.max_sessions, spec.max_results_per_session)
@@ -136,6 +170,7 @@ class ReplicaGroup:
             password=spec.password,
             useFork=True,
             **raft.syncobj_options(),
+            **self._ticking.conf_options(),
         )
         others = [addr for node, addr in spec.members.items() if node != spec.self_id]
         install_snapshot_sync(spec.durability)
@@ -143,9 +178,9 @@ class ReplicaGroup:
         if dropped:
             log.warning("%s: journal predated its snapshot (a crash during compaction); "
                         "dropped %d entries already in the snapshot", spec.name, dropped)
-        self._syncobj = _Replica(self_addr, others, conf, [self._state], spec.durability)
-        self._next_batch = _Batch()
-        self._barrier_in_flight = False
+        self._syncobj = self._ticking.start(lambda: _Replica(self_addr, others, conf, [self._state], spec.durability))
+        self._queue: deque[_Batch] = deque([_Batch()])  # the tail forms while the one in flight replicates
+        self._in_flight: _Batch | None = None
 
     @property
     def name(self) -> str:
@@ -184,17 +219,18 @@ class ReplicaGroup:
 
     async def propose(self, command: Any, session: SessionRef | None = None) -> Any:
         wire_session = (session.session_id, session.seq, session.low_water) if session else None
-        kind, value = await self._replicate(self._state.execute, wire_session, command)
+        item = (wire_session, command)
+        batch = self._batch_for(len(pickle.dumps(item, protocol=pickle.HIGHEST_PROTOCOL)))
+        index = len(batch.items)
+        batch.items.append(item)
+        await self._settled(batch)
+        kind, value = batch.results[index]
         if kind == "err":
             raise error_from_wire(value)
         return value
 
     async def open_session(self) -> int:
         """A new exactly-once session in this group (``consensus.sessions``); may be lost, then retried."""
-        return int(await self._replicate(self._state.open_session))
-
-    async def _replicate(self, method: Any, *args: Any) -> Any:
-        """Run a replicated method of the state on every replica; its result, or the fail reason as an error."""
         done = trio.Event()
         box: list[tuple[Any, int]] = []
 
@@ -202,35 +238,69 @@ class ReplicaGroup:
             box.append((result, reason))
             done.set()
 
-        method(*args, callback=self._deliver_to_trio(deliver))
+        self._state.open_session(callback=self._deliver_to_trio(deliver))
         await done.wait()
         result, reason = box[0]
         if reason != FAIL_REASON.SUCCESS:
             raise _fail_reason_error(reason, self.name)
-        return result
+        return int(result)
 
     async def read_barrier(self) -> None:
-        batch = self._next_batch
-        if not self._barrier_in_flight:
-            self._launch_barrier()
-        await batch.done.wait()
+        """Wait for the next batch to be applied: it was proposed after this call began."""
+        await self._settled(self._queue[-1])
+
+    def _batch_for(self, size: int) -> _Batch:
+        """The batch still forming at the queue's tail, or a new one there if this command would overfill it."""
+        batch = self._queue[-1]
+        if batch.items and (len(batch.items) >= self.spec.raft.max_batch_commands
+                            or batch.size + size > self.spec.max_batch_bytes):
+            batch = _Batch()
+            self._queue.append(batch)
+        batch.size += size
+        return batch
+
+    async def _settled(self, batch: _Batch) -> None:
+        """Launch the queue's head if nothing is in flight, then wait for ``batch``.
+
+        PySyncObj may never call back (a forwarded command whose leader vanished without a leader change
+        this replica saw, an entry overtaken by a snapshot): a batch in flight longer than
+        ``raft.proposal_timeout_s`` is given up as maybe applied, so the queue behind it moves on.
+        """
+        if self._in_flight is None:
+            self._launch_next()
+        timeout = self.spec.raft.proposal_timeout_s
+        while not batch.done.is_set():
+            with trio.move_on_after(timeout):
+                await batch.done.wait()
+            flying = self._in_flight
+            if flying is not None and trio.current_time() - flying.launched_at >= timeout:
+                self._finish(flying, None, Unavailable(
+                    f"group {self.name}: no answer from Raft within raft.proposal_timeout_s = {timeout} s; "
+                    "outcome unknown", maybe_applied=True))
         if batch.error is not None:
             raise batch.error
 
-    def _launch_barrier(self) -> None:
-        batch = self._next_batch
-        self._next_batch = _Batch()
-        self._barrier_in_flight = True
+    def _launch_next(self) -> None:
+        """Propose the queue's head as one entry; the next one forms while it is in flight."""
+        batch = self._queue.popleft()
+        if not self._queue:
+            self._queue.append(_Batch())
+        self._in_flight = batch
+        batch.launched_at = trio.current_time()
 
-        def deliver(_result: Any, reason: int) -> None:
-            if reason != FAIL_REASON.SUCCESS:
-                batch.error = _fail_reason_error(reason, self.name)
-            batch.done.set()
-            self._barrier_in_flight = False
-            if self._next_batch.done.statistics().tasks_waiting:
-                self._launch_barrier()
+        def deliver(results: Any, reason: int) -> None:
+            if batch is self._in_flight:
+                failed = None if reason == FAIL_REASON.SUCCESS else _fail_reason_error(reason, self.name)
+                self._finish(batch, results, failed)
 
-        self._state.barrier(callback=self._deliver_to_trio(deliver))
+        self._state.execute_batch(batch.items, callback=self._deliver_to_trio(deliver))
+
+    def _finish(self, batch: _Batch, results: list[tuple[str, Any]] | None, error: ClusterError | None) -> None:
+        batch.settle(results, error)
+        self._in_flight = None
+        head = self._queue[0]
+        if head.items or head.done.statistics().tasks_waiting:
+            self._launch_next()
 
     def status(self) -> dict[str, Any]:
         so = self._syncobj
@@ -262,20 +332,28 @@ class ReplicaGroup:
         self._syncobj.transferLeadership(self.spec.members[node_id])
 
     def close(self) -> None:
-        self._syncobj.destroy_synchronous()
+        """Destroy the replica (its sockets and journal closed) on its tick thread, or join PySyncObj's."""
+        self._ticking.stop(self._syncobj)
 
 
 @contextmanager
 def open_replica_groups(
     specs: list[tuple[GroupSpec, StateMachine]], token: trio.lowlevel.TrioToken
 ) -> Iterator[dict[str, ReplicaGroup]]:
-    """Start one replica per spec; stop them all (joining their threads) on exit."""
-    groups: dict[str, ReplicaGroup] = {}
-    try:
-        for spec, machine in specs:
-            spec.journal_path.parent.mkdir(parents=True, exist_ok=True)
-            groups[spec.name] = ReplicaGroup(spec, machine, token)
-        yield groups
-    finally:
-        for group in groups.values():
-            group.close()
+    """Start one replica per spec; stop them all (joining their threads) on exit.
+
+    Replicas whose ``raft.one_tick_thread`` is set (the node's ``[raft]``, the same in every spec) share
+    one tick thread and its poller (``consensus.ticker``), opened first and joined last.
+    """
+    shared = [spec.raft for spec, _ in specs if spec.raft.one_tick_thread]
+    with ExitStack() as stack:
+        ticker = stack.enter_context(open_ticker(shared[0].poller)) if shared else None
+        groups: dict[str, ReplicaGroup] = {}
+        try:
+            for spec, machine in specs:
+                spec.journal_path.parent.mkdir(parents=True, exist_ok=True)
+                groups[spec.name] = ReplicaGroup(spec, machine, token, ticker if spec.raft.one_tick_thread else None)
+            yield groups
+        finally:
+            for group in groups.values():
+                group.close()

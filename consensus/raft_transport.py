@@ -68,7 +68,7 @@ from typing import Any
 import pysyncobj.syncobj as ps_syncobj
 import pysyncobj.transport as ps_transport
 from pysyncobj import SyncObjConf
-from pysyncobj.poller import POLL_EVENT_TYPE
+from pysyncobj.poller import POLL_EVENT_TYPE, Poller
 from pysyncobj.tcp_connection import CONNECTION_STATE, TcpConnection
 from pysyncobj.tcp_server import TcpServer
 
@@ -242,7 +242,17 @@ class LimitedConnection(TcpConnection):
             self._TcpConnection__socket.bind((self._source_host, 0))
 
     def disconnect(self) -> None:
+        """PySyncObj's, except that the socket leaves the poller before it is closed, not after.
+
+        PySyncObj closes the socket, then unsubscribes its number (tcp_connection.py ``disconnect``). poll(2)
+        keeps no registrations, but epoll (``consensus.ticker``) does, per open file: a closed number can no
+        longer be unregistered, and while a forked snapshot writer (``useFork``) still holds the socket, the
+        registration stays and reports its events under a number that a new connection may already reuse.
+        """
         self._frames.clear()
+        fileno = self._TcpConnection__fileno
+        if fileno is not None:
+            self._TcpConnection__poller.unsubscribe(fileno)  # PySyncObj's own unsubscribe then finds nothing
         super().disconnect()
 
     def expire_handshake(self, now: float) -> None:
@@ -424,19 +434,48 @@ def _swapped(module: Any, name: str, replacement: Any) -> Iterator[None]:
 
 
 class LimitedTransportConf(SyncObjConf):
-    """PySyncObj's configuration, plus the limits of the replica's Raft port (read by ``LimitedTransport``)."""
+    """PySyncObj's configuration, plus the limits of the replica's Raft port (read by ``LimitedTransport``).
 
-    def __init__(self, transport_limits: RaftTransportLimits, **kwargs: Any) -> None:
+    ``poller``, if given, is the one the replica's sockets and command notifier subscribe to instead of the
+    one PySyncObj makes from ``pollerType`` (``consensus.ticker``: epoll, or the node's one tick thread).
+    """
+
+    def __init__(self, transport_limits: RaftTransportLimits, poller: Poller | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.transport_limits = transport_limits
+        self.poller = poller
 
 
 class LimitedTransport(ps_transport.TCPTransport):
-    """PySyncObj's TCP transport on ``LimitedServer`` and ``LimitedConnection``, tending both every tick."""
+    """PySyncObj's TCP transport on ``LimitedServer`` and ``LimitedConnection``, tending both every tick.
+
+    It also puts the conf's ``poller`` in place, the one hook there is: ``SyncObj.__init__`` makes its
+    poller (syncobj.py:205) just before it constructs the transport (:210), and everything that
+    subscribes reads ``syncObj._poller`` later: the server (transport.py:279), the connections to peers
+    (transport.py:523) and the command notifier (syncobj.py:264).
+    """
 
     def __init__(self, syncObj: Any, selfNode: Any, otherNodes: Any) -> None:  # noqa: N803 (PySyncObj's names)
         self._limits: RaftTransportLimits = syncObj.conf.transport_limits
+        if syncObj.conf.poller is not None:
+            syncObj._poller = syncObj.conf.poller
+        self._constructing = not syncObj.conf.autoTick
         super().__init__(syncObj, selfNode, otherNodes)
+
+    @property
+    def ready(self) -> bool:
+        """Bound, or (while a replica without its own tick thread is constructed) tried once.
+
+        Without ``autoTick``, ``SyncObj.__init__`` calls ``tryGetReady`` until the port is bound
+        (syncobj.py:290-291); with PySyncObj's default ``maxBindRetries`` of 0 (unlimited) and a port in
+        use, that spins for ever, between tries ``bindRetryTime`` apart (transport.py ``_maybeBind``). With
+        ``autoTick`` the tick thread tries once (syncobj.py:578) and every tick tries again (syncobj.py:612),
+        which is what happens here too once construction is over (``LimitedTransportSyncObj``).
+        """
+        return bool(self._ready or (self._constructing and self._bindAttempts > 0))
+
+    def constructed(self) -> None:
+        self._constructing = False
 
     def _createServer(self) -> None:  # noqa: N802 (PySyncObj's name)
         server = functools.partial(LimitedServer, limits=self._limits, retry_s=self._syncObj.conf.bindRetryTime)
@@ -467,6 +506,7 @@ class LimitedTransportSyncObj(ps_syncobj.SyncObj):
             raise TypeError("a replica on the limited Raft transport needs a LimitedTransportConf")
         with _swapped(ps_syncobj, "getEncryptor", link_mac):  # signed frames, not Fernet (consensus.raft_mac)
             super().__init__(selfNode, otherNodes, conf=conf, consumers=consumers, transportClass=LimitedTransport)
+        self._SyncObj__transport.constructed()
 
 
 def raise_open_file_limit() -> int:

@@ -22,6 +22,9 @@ class Durability(enum.Enum):
     FSYNC = "fsync"
 
 
+POLLERS = ("epoll", "poll", "select")  # the values of raft.poller
+
+
 @dataclass(frozen=True)
 class RaftSettings:
     """The PySyncObj knobs this project sets; see docs/OPERATIONS.md."""
@@ -35,6 +38,10 @@ class RaftSettings:
     log_compaction_min_entries: int = 5000
     log_compaction_min_time_s: float = 300.0
     max_sessions: int = 100_000
+    max_batch_commands: int = 64  # commands proposed together as one Raft entry (group commit)
+    proposal_timeout_s: float = 5.0  # a batch PySyncObj has not answered by then is given up as maybe applied
+    one_tick_thread: bool = True  # one thread ticks all of a node's replicas (consensus.ticker), not one each
+    poller: str = "epoll"  # what replicas wait in: one of POLLERS ("poll", "select": PySyncObj's own)
 
     def syncobj_options(self) -> dict[str, Any]:
         """These settings as PySyncObj's ``SyncObjConf`` keywords (a node's replicas, the bare-PySyncObj
@@ -48,6 +55,9 @@ class RaftSettings:
             "connectionRetryTime": self.connection_retry_s,
             "logCompactionMinEntries": self.log_compaction_min_entries,
             "logCompactionMinTime": self.log_compaction_min_time_s,
+            # PySyncObj has no epoll (poller.py): a bare PySyncObj (the bench peer) uses its 'auto', poll(2).
+            # A node's replicas get epoll as a LimitedTransportConf.poller instead (consensus.ticker).
+            "pollerType": self.poller if self.poller in ("poll", "select") else "auto",
         }
 
 
@@ -101,3 +111,4 @@ class GroupSpec:
     password: str | None = None
     transport: RaftTransportLimits = field(default_factory=RaftTransportLimits)
     max_results_per_session: int = MAX_RESULTS_PER_SESSION
+    max_batch_bytes: int = 4 * 1024 * 1024  # a batch's pickled commands: limits.max_frame_bytes, as one request's

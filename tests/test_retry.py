@@ -116,7 +116,7 @@ class ScriptedDatabase:
         self.txids: list[str] = []
         self.asked: list[tuple[str, tuple[str, ...]]] = []
 
-    async def get(self, key: bytes) -> Versioned:
+    async def read_for_commit(self, key: bytes) -> Versioned:
         return Versioned(100, 1, True)
 
     def checked_value(self, value: Any) -> bytes:
