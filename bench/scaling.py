@@ -3,6 +3,7 @@
     python -m bench.scaling                      # about 6 minutes; needs etcd (apt-get install etcd-server)
     python -m bench.scaling --transfer-clients 1,16,64 --bank-clients 16,64 --seconds 3
     python -m bench.scaling --json
+    python -m bench.scaling --set raft.group_commit=false    # the same cluster without one of issue 15's steps
 
 Every figure comes from one run on one throwaway cluster (3 nodes, 3 shards, durability ``os``) and one
 local 3-member etcd with its data on tmpfs (the pairing with the same guarantee: an acknowledged write
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +51,7 @@ PEERED: tuple[tuple[str, str, dict[str, Any], dict[str, Any]], ...] = (
      {"accounts": PER_SHARD * SHARDS}),
     ("put", "kv.put", {}, {"keys": PUT_KEYS}),
 )
+SETTABLE = ("raft", "timeouts", "limits", "transactions")  # cluster.toml tables --set may change
 COLUMNS = ("part", "clients", "ours_per_s", "etcd_per_s", "ratio", "ours_p50_ms", "etcd_p50_ms", "ours_p99_ms",
            "etcd_p99_ms", "abort_rate", "cpu_ms", "system_share", "switches", "threads")
 
@@ -163,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.add_argument(f"--{part}-clients", default=",".join(map(str, default)),
                             help=f"client counts of the {part} part, comma-separated")
     parser.add_argument("--seconds", type=float, default=FULL.seconds, help="measured seconds per phase")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="a cluster.toml setting for the throwaway cluster (a TOML value), repeatable")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
@@ -180,13 +185,29 @@ def main(argv: list[str] | None = None) -> int:
     missing = etcd_missing()
     if missing is not None:
         parser.error(missing)
+    options: dict[str, Any] = {}
+    for setting in args.set:
+        name, _, text = setting.partition("=")
+        section, _, key = name.partition(".")
+        try:
+            value = tomllib.loads(f"v = {text}")["v"]
+        except tomllib.TOMLDecodeError:
+            parser.error(f"--set {setting!r}: the value is not TOML (a string needs quotes)")
+        if name == "cluster.durability":
+            options["durability"] = value
+        elif section in SETTABLE and key:
+            options.setdefault(section, {})[key] = value
+        else:
+            parser.error(f"--set {setting!r}: expected cluster.durability or SECTION.KEY with a section of "
+                         f"{', '.join(SETTABLE)}")
     s = Settings(**{**vars(FULL), "seconds": args.seconds})
-    with open_cluster(None, {}, shards=SHARDS) as (_, cluster):
+    with open_cluster(None, options, shards=SHARDS) as (_, cluster):
         assert cluster is not None
         rows = run(cluster, s, clients, cluster.root)
     args.results.mkdir(parents=True, exist_ok=True)
     met = targets(rows)
-    report = {"bench": "scaling", "protocol": PROTOCOL, "seconds": args.seconds, "rows": rows, "targets": met,
+    report = {"bench": "scaling", "protocol": PROTOCOL, "seconds": args.seconds, "settings": options,
+              "rows": rows, "targets": met,
               "plots": [plot(rows, args.results)]}
     write_report("scaling", report, COLUMNS, args.json, args.results)
     if not args.json:

@@ -42,7 +42,7 @@ from __future__ import annotations
 import logging
 import pickle
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from typing import Any, Protocol
 
@@ -220,10 +220,15 @@ class ReplicaGroup:
     async def propose(self, command: Any, session: SessionRef | None = None) -> Any:
         wire_session = (session.session_id, session.seq, session.low_water) if session else None
         item = (wire_session, command)
-        batch = self._batch_for(len(pickle.dumps(item, protocol=pickle.HIGHEST_PROTOCOL)))
-        index = len(batch.items)
-        batch.items.append(item)
-        await self._settled(batch)
+        if self.spec.raft.group_commit:
+            batch = self._batch_for(len(pickle.dumps(item, protocol=pickle.HIGHEST_PROTOCOL)))
+            index = len(batch.items)
+            batch.items.append(item)
+            await self._settled(batch)
+        else:
+            batch, index = _Batch(), 0
+            batch.items.append(item)
+            await self._alone(batch)
         kind, value = batch.results[index]
         if kind == "err":
             raise error_from_wire(value)
@@ -247,7 +252,10 @@ class ReplicaGroup:
 
     async def read_barrier(self) -> None:
         """Wait for the next batch to be applied: it was proposed after this call began."""
-        await self._settled(self._queue[-1])
+        if self.spec.raft.group_commit:
+            await self._settled(self._queue[-1])
+        else:
+            await self._alone(_Batch())
 
     def _batch_for(self, size: int) -> _Batch:
         """The batch still forming at the queue's tail, or a new one there if this command would overfill it."""
@@ -274,11 +282,32 @@ class ReplicaGroup:
                 await batch.done.wait()
             flying = self._in_flight
             if flying is not None and trio.current_time() - flying.launched_at >= timeout:
-                self._finish(flying, None, Unavailable(
-                    f"group {self.name}: no answer from Raft within raft.proposal_timeout_s = {timeout} s; "
-                    "outcome unknown", maybe_applied=True))
+                self._finish(flying, None, self._unanswered())
         if batch.error is not None:
             raise batch.error
+
+    async def _alone(self, batch: _Batch) -> None:
+        """Without group commit (``raft.group_commit = false``, to measure what it buys): ``batch`` is
+        proposed at once as its own entry, however many are in flight."""
+        self._submit(batch, batch.settle)
+        with trio.move_on_after(self.spec.raft.proposal_timeout_s):
+            await batch.done.wait()
+        if not batch.done.is_set():
+            raise self._unanswered()
+        if batch.error is not None:
+            raise batch.error
+
+    def _unanswered(self) -> Unavailable:
+        return Unavailable(f"group {self.name}: no answer from Raft within raft.proposal_timeout_s = "
+                           f"{self.spec.raft.proposal_timeout_s} s; outcome unknown", maybe_applied=True)
+
+    def _submit(self, batch: _Batch, answered: Callable[[Any, ClusterError | None], None]) -> None:
+        """Propose ``batch`` as one entry; ``answered(results, error)`` on the trio thread when Raft answers."""
+
+        def deliver(results: Any, reason: int) -> None:
+            answered(results, None if reason == FAIL_REASON.SUCCESS else _fail_reason_error(reason, self.name))
+
+        self._state.execute_batch(batch.items, callback=self._deliver_to_trio(deliver))
 
     def _launch_next(self) -> None:
         """Propose the queue's head as one entry; the next one forms while it is in flight."""
@@ -288,12 +317,11 @@ class ReplicaGroup:
         self._in_flight = batch
         batch.launched_at = trio.current_time()
 
-        def deliver(results: Any, reason: int) -> None:
-            if batch is self._in_flight:
-                failed = None if reason == FAIL_REASON.SUCCESS else _fail_reason_error(reason, self.name)
-                self._finish(batch, results, failed)
+        def answered(results: Any, error: ClusterError | None) -> None:
+            if batch is self._in_flight:  # not given up meanwhile
+                self._finish(batch, results, error)
 
-        self._state.execute_batch(batch.items, callback=self._deliver_to_trio(deliver))
+        self._submit(batch, answered)
 
     def _finish(self, batch: _Batch, results: list[tuple[str, Any]] | None, error: ClusterError | None) -> None:
         batch.settle(results, error)

@@ -38,6 +38,7 @@ class RaftSettings:
     log_compaction_min_entries: int = 5000
     log_compaction_min_time_s: float = 300.0
     max_sessions: int = 100_000
+    group_commit: bool = True  # false: every command its own entry at once (to measure what batching buys)
     max_batch_commands: int = 64  # commands proposed together as one Raft entry (group commit)
     proposal_timeout_s: float = 5.0  # a batch PySyncObj has not answered by then is given up as maybe applied
     one_tick_thread: bool = True  # one thread ticks all of a node's replicas (consensus.ticker), not one each

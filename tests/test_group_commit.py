@@ -123,3 +123,13 @@ async def test_a_batch_raft_never_answers_is_given_up_and_the_queue_moves_on(
         assert await leader.propose((2, 2)) == 2
         await leader.read_barrier()
         assert r.values(leader.spec.self_id)[1] == 1  # it was applied after all: "maybe applied" was right
+
+
+async def test_without_group_commit_every_command_is_its_own_entry(tmp_path: Path, seed: int) -> None:
+    async with replicas(tmp_path, seed, dataclasses.replace(QUIET_RAFT, group_commit=False)) as r:
+        leader = await r.leader()
+        before = commit_index(leader)
+        results = await propose_all(leader, [(key, key) for key in range(COMMANDS)])
+        await leader.read_barrier()
+        assert results == {key: key for key in range(COMMANDS)}
+        assert commit_index(leader) - before == COMMANDS + 1  # and one for the barrier
