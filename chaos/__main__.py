@@ -4,6 +4,7 @@
         --seconds 30 --seed 7                     # one run; prints its seed and the checker's verdict
     python -m chaos suite --seconds 20            # every protocol x bank and list-append, combined nemeses
     python -m chaos check RUN_DIR                 # check a kept history again (history.jsonl + summary.json)
+    python -m chaos plot RUN_DIR ... --out t.png  # ops/s over time with the faults as bands (chaos.timeline)
 
 Partitions need iptables and root (``apt-get install iptables``); without them a run says so and leaves
 them out. Every run writes ``history.jsonl``, ``nemesis.jsonl`` and ``summary.json`` to its directory.
@@ -99,7 +100,29 @@ def main(argv: list[str] | None = None) -> int:
     suite.add_argument("--workloads", default=",".join(SUITE_WORKLOADS))
     checking = sub.add_parser("check")
     checking.add_argument("directory", type=Path)
+    plotting = sub.add_parser("plot")
+    plotting.add_argument("directories", type=Path, nargs="+")
+    plotting.add_argument("--out", type=Path, default=Path("timeline.png"))
+    plotting.add_argument("--window", default=None, metavar="START:END", help="seconds of each run to show")
     args = parser.parse_args(argv)
+
+    if args.command == "plot":
+        from chaos.timeline import plot_runs
+
+        missing = [str(d) for d in args.directories if not (d / "history.jsonl").exists()]
+        if missing:
+            parser.error(f"no history.jsonl in {', '.join(missing)}: not a kept run")
+        window = None
+        if args.window:
+            try:
+                start, end = (float(x) for x in args.window.split(":"))
+            except ValueError:
+                parser.error(f"--window must be START:END in seconds, got {args.window!r}")
+            if not 0 <= start < end:
+                parser.error(f"--window {args.window}: need 0 <= START < END")
+            window = (start, end)
+        print(plot_runs(args.directories, args.out, window))
+        return 0
 
     if args.command == "check":
         spec = json.loads((args.directory / "summary.json").read_text())["spec"]
