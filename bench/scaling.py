@@ -53,12 +53,13 @@ PEERED: tuple[tuple[str, str, dict[str, Any], dict[str, Any]], ...] = (
 )
 SETTABLE = ("raft", "timeouts", "limits", "transactions")  # cluster.toml tables --set may change
 COLUMNS = ("part", "clients", "ours_per_s", "etcd_per_s", "ratio", "ours_p50_ms", "etcd_p50_ms", "ours_p99_ms",
-           "etcd_p99_ms", "abort_rate", "cpu_ms", "system_share", "switches", "threads")
+           "etcd_p99_ms", "abort_rate", "retry_rate", "cpu_ms", "system_share", "switches", "threads")
 
 
 def _ours(row: dict[str, Any]) -> dict[str, Any]:
     return {"ours_per_s": round(row["ops_per_s"], 1), "ours_p50_ms": row["p50_ms"], "ours_p99_ms": row["p99_ms"],
-            "abort_rate": row["abort_rate"], "cpu_ms": round(sum(row["cpu_ms_per_txn"].values()), 2),
+            "abort_rate": row["abort_rate"], "retry_rate": round(row["retries"] / row["ops"], 4) if row["ops"] else 0.0,
+            "cpu_ms": round(sum(row["cpu_ms_per_txn"].values()), 2),
             "system_share": row["system_share"], "switches": row["switches_per_txn"], "threads": row["node_threads"]}
 
 

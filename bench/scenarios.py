@@ -374,7 +374,10 @@ def _partition_cell(run: dict[str, Any]) -> str:
     return "no split"
 
 
-async def compare(stage: Stage, transactions: int = 10) -> dict[str, Any]:
+async def compare(stage: Stage, transactions: int = 10, patience_s: float = 6.0,
+                  window_s: float = 8.0) -> dict[str, Any]:
+    """``patience_s`` and ``window_s``: how long a crash run watches before restarting a coordinator the
+    shards cannot finish without, and how long a partition run watches the partition (and then the heal)."""
     rows = []
     for protocol in COMPARED:
         stage.log(f"\n== {protocol}: {transactions} transfers without faults ==")
@@ -382,12 +385,12 @@ async def compare(stage: Stage, transactions: int = 10) -> dict[str, Any]:
     runs = []
     for protocol in COMPARED:
         await stage.reset()
-        run = await coordinator_crash(stage, protocol)
+        run = await coordinator_crash(stage, protocol, patience_s=patience_s)
         runs.append(run)
         next(r for r in rows if r["protocol"] == protocol)["coordinator_crash"] = _crash_cell(run)
     for protocol in (p for p in COMPARED if PROTOCOLS[p].participants_terminate):  # those with a PreCommit
         await stage.reset()
-        run = await partition_after_one_precommit(stage, protocol)
+        run = await partition_after_one_precommit(stage, protocol, window_s)
         runs.append(run)
         next(r for r in rows if r["protocol"] == protocol)["partition"] = _partition_cell(run)
     for row in rows:

@@ -99,6 +99,7 @@ class Settings:
     crashes: bool
     rows: int  # accounts per shard, keys per shard, TPC-C items, YCSB records: what each phase loads
     open_loads: tuple[float, ...]  # open-loop arrival rates, as shares of each protocol's closed-loop rate
+    cost_shards: tuple[int, ...] = (2, 3)  # the shards of each protocol's probe transactions
 
 
 QUICK = Settings(seconds=0.8, warmup_s=0.2, rounds=1, clients=4, procs=2, sweep=(1, 16), shards=(1, 5),
@@ -107,7 +108,7 @@ FULL = Settings(seconds=5.0, warmup_s=1.0, rounds=3, clients=16, procs=2, sweep=
                 shards=(1, 2, 3, 4, 5), crash_seconds=16.0, outage_s=3.0, crashes=True, rows=1000,
                 open_loads=(0.5, 0.9))
 TINY = Settings(seconds=0.3, warmup_s=0.0, rounds=1, clients=2, procs=1, sweep=(2,), shards=(2,),
-                crash_seconds=0.0, outage_s=0.0, crashes=False, rows=20, open_loads=(0.5,))
+                crash_seconds=0.0, outage_s=0.0, crashes=False, rows=20, open_loads=(0.5,), cost_shards=(2,))
 
 
 def measured(cluster: LocalCluster, workload: str, params: dict[str, Any], clients: int, s: Settings,
@@ -277,10 +278,10 @@ async def _trace_summary(cluster: LocalCluster, txid: str) -> dict[str, Any]:
     return summarize(await transaction_trace(cluster.config, txid))
 
 
-async def costs_phase(cluster: LocalCluster) -> list[dict[str, Any]]:
+async def costs_phase(cluster: LocalCluster, shards: tuple[int, ...]) -> list[dict[str, Any]]:
     rows = []
     for protocol in PROTOCOLS:
-        for n in (2, 3):
+        for n in shards:
             progress(f"costs: one {n}-shard transaction under {protocol} ...")
             rows.append(await _probe(cluster, protocol, n))
     return rows
@@ -528,7 +529,7 @@ def main(argv: list[str] | None = None) -> int:
 
         # First, while no transaction is older than limits.forget_after_s: a forgetting round's entry would
         # count in the probes' sums of commit indexes.
-        keep("costs", lambda: trio.run(costs_phase, cluster))
+        keep("costs", lambda: trio.run(costs_phase, cluster, s.cost_shards))
         if "protocols" in kept and "ycsb" in kept:
             keep("protocols", list)
             keep("ycsb", list)

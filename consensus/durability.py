@@ -12,7 +12,8 @@
           copy. The snapshot written at log compaction is fsynced, and so is
           its directory, before it replaces the old one. An acknowledged write
           then survives power loss on any minority of replicas, and on all of
-          them at once. It costs one disk sync per append on every replica.
+          them at once. It costs one disk sync per append on every replica
+          (an append is a batch of commands: consensus.group's group commit).
 
 Both modes also stop PySyncObj 0.3.17's followers from deleting entries they
 already acknowledged, in two ways:

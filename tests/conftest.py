@@ -46,6 +46,12 @@ def fresh_cluster(tmp_path: Path) -> Iterator[LocalCluster]:
 
 
 @pytest.fixture
+def impatient_cluster(tmp_path: Path) -> Iterator[LocalCluster]:
+    """A 3-node cluster of its own whose clients and status calls give up on a silent (paused) node soon."""
+    yield from _started(tmp_path, options={"timeouts": {"client_attempt_s": 1.5, "request_s": 2.0}})
+
+
+@pytest.fixture
 def hook_cluster(tmp_path: Path) -> Iterator[LocalCluster]:
     """A 3-node cluster of its own with the test-only fault hooks, whose in-doubt participants ask soon."""
     yield from _started(tmp_path, options={"transactions": {"fault_hooks": True, "in_doubt_timeout_s": 0.5}})

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench.scaling import targets
+from bench.scaling import _ours, targets
 
 
 def rows(**overrides: Any) -> list[dict[str, Any]]:
@@ -42,3 +42,12 @@ def test_a_target_not_measured_is_neither_met_nor_missed() -> None:
     got = verdicts(targets([r for r in rows() if r["part"] != "put"]))
     assert got["puts/s vs etcd, 64 clients"] == (None, None)
     assert verdicts(targets(rows(transfer__1__ours_p50_ms=3.0)))["one-client transfer p50 vs etcd"] == (1.5, True)
+
+
+def test_a_phase_row_keeps_rates_and_costs_per_operation() -> None:
+    phase = {"ops_per_s": 123.456, "p50_ms": 5.0, "p99_ms": 9.0, "abort_rate": 0.01, "retries": 5, "ops": 100,
+             "cpu_ms_per_txn": {"n1": 1.0, "n2": 2.5}, "system_share": 0.12, "switches_per_txn": 40.0,
+             "node_threads": 3}
+    row = _ours(phase)
+    assert row["ours_per_s"] == 123.5 and row["retry_rate"] == 0.05 and row["cpu_ms"] == 3.5
+    assert (row["system_share"], row["switches"], row["threads"]) == (0.12, 40.0, 3)

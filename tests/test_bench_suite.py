@@ -37,7 +37,8 @@ def test_the_tiny_suite_reports_every_protocol_and_workload(tmp_path: Path) -> N
     assert {r["protocol"] for r in report["open_loop"]} == set(PROTOCOLS)
     for row in report["open_loop"]:
         assert row["scheduled"] > 0 and 0 <= row["late"] <= row["scheduled"] and row["p50_ms"] <= row["p99_ms"], row
-    assert len(report["costs"]) == 2 * len(PROTOCOLS)
+    probes = {(r["protocol"], r["shards"]) for r in report["costs"]}
+    assert probes == {(p, n) for p in PROTOCOLS for n in TINY.cost_shards}
     for cost in report["costs"]:
         assert {k: cost[k] for k in COSTS} == {k: cost[f"formula_{k}"] for k in COSTS}, cost
     assert report["plots"]

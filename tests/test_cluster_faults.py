@@ -115,9 +115,9 @@ async def test_kill_every_node_after_compaction_loses_nothing(durable_cluster: L
         assert await db.new_epoch() > epoch
 
 
-async def test_read_after_leader_change_sees_latest_write(fresh_cluster: LocalCluster) -> None:
+async def test_read_after_leader_change_sees_latest_write(impatient_cluster: LocalCluster) -> None:
     """A paused leader wakes up believing it still leads; it must never serve the old value."""
-    cluster = fresh_cluster
+    cluster = impatient_cluster
     key = "linearizable"
     group = shard_group(shard_of(key.encode(), 3))
     async with commit.connect(cluster.config) as db:

@@ -16,6 +16,8 @@ from bench.scenarios import AMOUNT, SCENARIOS, START_BALANCE, compare, open_stag
 
 pytestmark = pytest.mark.cluster
 
+PATIENCE_S = 3.0  # how long compare's 2pc crash run waits before it restarts the coordinator
+
 
 def _run(name: str, root: Path) -> dict[str, Any]:
     result = trio.run(run_scenario, name, root, print)
@@ -49,7 +51,7 @@ def test_3pc_participants_finish_without_the_coordinator(tmp_path: Path) -> None
 def test_compare_measures_every_protocol_side_by_side(tmp_path: Path) -> None:
     async def body() -> dict[str, Any]:
         async with open_stage(tmp_path, print) as stage:
-            return await compare(stage, transactions=2)
+            return await compare(stage, transactions=2, patience_s=PATIENCE_S, window_s=4.0)
 
     result = trio.run(body)
     rows = {r["protocol"]: r for r in result["rows"]}
@@ -76,7 +78,7 @@ def test_compare_measures_every_protocol_side_by_side(tmp_path: Path) -> None:
     partitions = {r["protocol"]: r for r in result["runs"] if r["fault"] == "coordinator.after_one_precommit"}
     blocked = crashes["2pc"]
     assert blocked["needed_coordinator_back"], "2PC participants must not decide without their coordinator"
-    assert blocked["locks_held_s"] >= 6.0  # the whole patience window, and then the restart
+    assert blocked["locks_held_s"] >= PATIENCE_S  # the whole patience window, and then the restart
     assert _outcomes(blocked) == {"aborted"}  # nothing was logged: presumed abort after the restart
     assert blocked["money_created"] == 0 and not blocked["split"]
     assert any(e["kind"] == "vote" for e in blocked["events"])  # the trace comes from the surviving nodes
