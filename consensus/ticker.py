@@ -316,9 +316,9 @@ class Ticker:
             self._next_tick_all = now + self.period_s
         for replica in self._replicas:
             view = getattr(replica, "_poller", None)
-            if not (due or view is None or getattr(view, "woken", True)):
-                continue
-            if isinstance(view, _ReplicaPoller):
+            if isinstance(view, _ReplicaPoller):  # a replica on another poller cannot say: ticked every round
+                if not (due or view.woken):
+                    continue
                 view.woken = False
             try:
                 replica.doTick(0.0)
